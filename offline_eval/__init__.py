@@ -1,0 +1,1 @@
+"""Offline evaluation: recall through vpr_core directly and through the real node (bag replay)."""

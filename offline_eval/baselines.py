@@ -1,0 +1,32 @@
+"""Raw-pixel baseline: grayscale 32x24 thumbnails, zero-mean, cosine nearest neighbour.
+Any learned descriptor must beat it clearly to be worth its compute."""
+from __future__ import annotations
+
+from typing import List
+
+import cv2
+import faiss
+import numpy as np
+
+from offline_eval.direct import PathResult
+from vpr_core.datasets import PlaceDataset
+from vpr_core.images import load_image
+from vpr_core.metrics import recall_at_k
+
+
+def raw_pixel_descriptors(paths: List, size=(32, 24)) -> np.ndarray:
+    out = []
+    for p in paths:
+        g = cv2.resize(cv2.cvtColor(load_image(p), cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA)
+        v = g.astype(np.float32).ravel()
+        v -= v.mean()
+        out.append(v / (np.linalg.norm(v) + 1e-9))
+    return np.stack(out)
+
+
+def run_raw_pixels(ds: PlaceDataset, top_k: int = 10) -> PathResult:
+    db = raw_pixel_descriptors(ds.database)
+    index = faiss.IndexFlatIP(db.shape[1])
+    index.add(db)
+    scores, ranked = index.search(raw_pixel_descriptors(ds.queries), top_k)
+    return PathResult("raw pixels 32x24", ranked, scores, recall_at_k(ranked, ds.positives))

@@ -1,0 +1,195 @@
+"""Configuration: one YAML file drives the model, the map and the loop-closure decision.
+
+The same file is a ROS 2 parameters file (`/**: ros__parameters:` wrapper) and a plain vpr_core
+config; unknown keys are errors that name the closest valid key, so a typo never silently
+falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or value is wrong; the message says which key and what is expected."""
+
+
+@dataclass
+class PreprocessConfig:
+    image_size: List[int] = field(default_factory=lambda: [224, 224])  # network input [height, width]
+    mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per-channel RGB mean in [0,1]
+    std: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per-channel RGB std in [0,1]
+    interpolation: str = "area"  # cv2 resize: area | linear | cubic
+
+
+@dataclass
+class ModelConfig:
+    name: str = "efficientnet_lite0_gem"  # free label, reported in logs and benchmarks
+    backbone: Dict[str, Any] = field(default_factory=lambda: {"name": "tf_efficientnet_lite0"})
+    aggregator: Dict[str, Any] = field(default_factory=lambda: {"name": "gem", "p": 3.0})
+    checkpoint: str = ""  # local weights file; "pkg://<python package>/<path>" for packaged weights
+    checkpoint_format: str = "timm"  # key layout of the checkpoint (see vpr_core.models.weights)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (half precision only on GPU)
+    batch_size: int = 16  # images per forward pass in offline extraction
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+
+@dataclass
+class MapConfig:
+    index: str = "flat"  # flat (exact) | hnsw (approximate, large maps)
+    use_gpu: str = "auto"  # auto | true | false: FAISS GPU index when a GPU is usable
+    path: str = ""  # map file for the save/load services, autoload and autosave ("" = none)
+    autoload: bool = True  # load `path` on start when the file exists
+    autosave: bool = True  # save to `path` on shutdown
+
+
+@dataclass
+class DetectorConfig:
+    top_k: int = 5  # candidates returned per query (PlaceMatch)
+    exclude_recent_count: int = 10  # never match the N most recently added keyframes
+    exclude_recent_s: float = 5.0  # never match keyframes closer in time than this (seconds)
+    loop_threshold: float = 0.85  # cosine similarity a candidate needs to become a loop closure
+    temporal_consistency: int = 2  # consecutive frames that must agree before a closure is published
+    consistency_window: int = 5  # ids two consecutive matches may differ by and still "agree"
+    mapping: bool = True  # add keyframes to the map (false = localise against a fixed map)
+    keyframe_min_interval_s: float = 0.0  # min time between keyframes
+    keyframe_max_similarity: float = 1.0  # skip a keyframe this similar to the previous one (1 = never skip)
+
+
+@dataclass
+class NodeConfig:
+    image_topic: str = "image"  # sensor_msgs/Image input
+    compressed_topic: str = "image/compressed"  # sensor_msgs/CompressedImage input ("" = off)
+    place_match_topic: str = "place_match"
+    loop_closure_topic: str = "loop_closure"
+    queue_size: int = 8  # frames waiting for the model; the oldest is dropped (and counted) when full
+    default_frame_id: str = "camera"  # used when an image arrives with an empty header.frame_id
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    map: MapConfig = field(default_factory=MapConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Sections whose values are free-form dicts handed to a registry builder (checked there).
+_FREEFORM = {("model", "backbone"), ("model", "aggregator")}
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config key '{prefix.rstrip('.')}' must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: Dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint} Valid keys here: {sorted(fields)}")
+        default = getattr(cls(), key)
+        path = tuple((prefix + key).split("."))
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), value, prefix + key + ".")
+        elif path in _FREEFORM:
+            if not isinstance(value, Mapping) or "name" not in value:
+                raise ConfigError(f"config key '{prefix}{key}' must be a mapping with a 'name'")
+            kwargs[key] = dict(value)
+        else:
+            kwargs[key] = _coerce(value, default, prefix + key)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    """Check a leaf value against its default's type; ints are accepted where floats are expected."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, list):
+        ok = isinstance(value, list)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(f"config key '{key}' must be {type(default).__name__}, got {value!r}")
+    return value
+
+
+def unwrap_ros_params(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Accept `<node or /**>: {ros__parameters: {...}}` files as well as plain configs."""
+    if len(data) == 1:
+        (inner,) = data.values()
+        if isinstance(inner, Mapping) and set(inner) == {"ros__parameters"}:
+            return inner["ros__parameters"]
+    return data
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    return _build(Config, unwrap_ros_params(data or {}), "")
+
+
+def load_config(source: Union[str, Path, None] = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load a YAML config (default: the packaged `config/default.yaml`), then apply dotted overrides."""
+    path = Path(source) if source else default_config_path()
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    data = dict(unwrap_ros_params(data))
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    return config_from_dict(data)
+
+
+def set_dotted(data: Dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict, creating intermediate mappings."""
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """Nested dict -> {'a.b.c': value}: the names ROS 2 gives nested parameters."""
+    out: Dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for dotted, value in flat.items():
+        set_dotted(out, dotted, value)
+    return out
+
+
+def default_config_path() -> Path:
+    """`config/default.yaml`, from the source tree or from an installed share/ directory."""
+    here = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
+    if here.exists():
+        return here
+    import sys
+    installed = Path(sys.prefix) / "share" / "vpr_ros" / "config" / "default.yaml"
+    if installed.exists():
+        return installed
+    raise ConfigError("config/default.yaml not found next to vpr_core or under <prefix>/share/vpr_ros")

@@ -1,0 +1,140 @@
+"""Image decoding for every input path: ROS raw buffers, compressed bytes and files, all to RGB uint8.
+
+No ROS here: `vpr_ros` hands over the raw fields of a `sensor_msgs/Image` and gets an RGB array
+back, so the same code is unit-tested without ROS and used by the offline readers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional, Union
+
+import cv2
+import numpy as np
+
+
+class ImageError(ValueError):
+    """An image could not be turned into RGB: corrupt bytes, wrong size, unsupported encoding."""
+
+
+def _to8(img: np.ndarray) -> np.ndarray:
+    """16-bit intensity to 8-bit by dropping the low byte (keeps relative brightness)."""
+    return (img >> 8).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Encoding:
+    channels: int
+    dtype: str  # numpy dtype of one channel, little-endian form
+    to_rgb: Callable[[np.ndarray], np.ndarray]
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+
+
+def _cvt(code: int) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda img: cv2.cvtColor(np.ascontiguousarray(img), code)
+
+
+# ROS encoding name -> how to read it. Bayer names follow cv_bridge: OpenCV names the pattern by
+# the second row, so ROS "rggb" is OpenCV "BayerBG".
+ENCODINGS: Dict[str, Encoding] = {
+    "rgb8": Encoding(3, "u1", lambda img: img),
+    "bgr8": Encoding(3, "u1", _cvt(cv2.COLOR_BGR2RGB)),
+    "8UC3": Encoding(3, "u1", _cvt(cv2.COLOR_BGR2RGB)),
+    "rgba8": Encoding(4, "u1", _cvt(cv2.COLOR_RGBA2RGB)),
+    "bgra8": Encoding(4, "u1", _cvt(cv2.COLOR_BGRA2RGB)),
+    "mono8": Encoding(1, "u1", _gray),
+    "8UC1": Encoding(1, "u1", _gray),
+    "mono16": Encoding(1, "u2", lambda img: _gray(_to8(img))),
+    "16UC1": Encoding(1, "u2", lambda img: _gray(_to8(img))),
+    "rgb16": Encoding(3, "u2", _to8),
+    "bgr16": Encoding(3, "u2", lambda img: cv2.cvtColor(_to8(img), cv2.COLOR_BGR2RGB)),
+    "bayer_rggb8": Encoding(1, "u1", _cvt(cv2.COLOR_BayerBG2RGB)),
+    "bayer_bggr8": Encoding(1, "u1", _cvt(cv2.COLOR_BayerRG2RGB)),
+    "bayer_gbrg8": Encoding(1, "u1", _cvt(cv2.COLOR_BayerGR2RGB)),
+    "bayer_grbg8": Encoding(1, "u1", _cvt(cv2.COLOR_BayerGB2RGB)),
+    "yuv422": Encoding(2, "u1", _cvt(cv2.COLOR_YUV2RGB_UYVY)),
+    "uyvy": Encoding(2, "u1", _cvt(cv2.COLOR_YUV2RGB_UYVY)),
+    "yuv422_yuy2": Encoding(2, "u1", _cvt(cv2.COLOR_YUV2RGB_YUY2)),
+    "yuyv": Encoding(2, "u1", _cvt(cv2.COLOR_YUV2RGB_YUY2)),
+}
+
+
+def decode_raw(data: Union[bytes, bytearray, memoryview, np.ndarray], height: int, width: int,
+               encoding: str, step: int = 0, is_bigendian: bool = False) -> np.ndarray:
+    """Decode a `sensor_msgs/Image` buffer (honouring `step` row padding and endianness) to RGB uint8."""
+    enc = ENCODINGS.get(encoding)
+    if enc is None:
+        raise ImageError(f"unsupported image encoding '{encoding}'; supported: {', '.join(sorted(ENCODINGS))}")
+    if height <= 0 or width <= 0:
+        raise ImageError(f"image has no pixels ({width}x{height})")
+    dtype = np.dtype(enc.dtype).newbyteorder(">" if is_bigendian else "<")
+    row_bytes = width * enc.channels * dtype.itemsize
+    step = step or row_bytes
+    if step < row_bytes:
+        raise ImageError(f"step {step} is smaller than one row ({row_bytes} bytes for {width} px {encoding})")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if buf.size < step * (height - 1) + row_bytes:
+        raise ImageError(f"image buffer holds {buf.size} bytes, {encoding} {width}x{height} with step "
+                         f"{step} needs {step * (height - 1) + row_bytes}")
+    rows = np.lib.stride_tricks.as_strided(buf, shape=(height, row_bytes), strides=(step, 1))
+    img = np.ascontiguousarray(rows).view(dtype).astype(dtype.newbyteorder("="))
+    img = img.reshape(height, width, enc.channels)
+    if enc.channels == 1:
+        img = img[:, :, 0]
+    return np.ascontiguousarray(enc.to_rgb(img), dtype=np.uint8)
+
+
+def decode_compressed(data: Union[bytes, bytearray, memoryview, np.ndarray]) -> np.ndarray:
+    """Decode JPEG/PNG/... bytes (a `sensor_msgs/CompressedImage` payload or a file) to RGB uint8."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if buf.size == 0:
+        raise ImageError("compressed image is empty")
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ImageError(f"compressed image ({buf.size} bytes) could not be decoded: corrupt or unknown format")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def load_image(path: Union[str, Path]) -> np.ndarray:
+    """Read an image file to RGB uint8; a missing, truncated or corrupt file raises ImageError."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"cannot read image {path}: {exc.strerror}") from None
+    try:
+        return decode_compressed(data)
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
+
+
+def encode_raw(rgb: np.ndarray, encoding: str = "rgb8") -> tuple[bytes, int]:
+    """RGB uint8 -> (bytes, step) for rgb8/bgr8/mono8: what a camera driver would publish."""
+    if encoding == "rgb8":
+        out = rgb
+    elif encoding == "bgr8":
+        out = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    elif encoding == "mono8":
+        out = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    else:
+        raise ImageError(f"encode_raw supports rgb8, bgr8, mono8; not '{encoding}'")
+    out = np.ascontiguousarray(out)
+    return out.tobytes(), out.shape[1] * (out.shape[2] if out.ndim == 3 else 1)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ImageError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def validate_rgb(img: Optional[np.ndarray]) -> np.ndarray:
+    """Check an in-memory image is HxWx3 uint8 before it reaches the model."""
+    if img is None or not isinstance(img, np.ndarray):
+        raise ImageError("image is not a numpy array")
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or min(img.shape[:2]) < 1:
+        raise ImageError(f"expected an HxWx3 uint8 RGB image, got shape {img.shape} dtype {img.dtype}")
+    return img

@@ -1,0 +1,192 @@
+"""The loop-closure node: camera images in, vpr_msgs/PlaceMatch and LoopClosure out.
+
+The executor thread only converts and enqueues; a worker thread runs the model so callbacks
+never block. The queue is bounded: when the model falls behind, the oldest frame is dropped
+and counted. Bad frames are dropped and counted, never fatal; the map survives restarts.
+"""
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
+
+from vpr_core.images import ImageError
+from vpr_core.map_database import DescriptorError, MapError
+from vpr_core.pipeline import PlaceRecognizer
+from vpr_msgs.msg import LoopClosure, PlaceMatch
+from vpr_msgs.srv import LoadMap, SaveMap
+from vpr_ros.conversions import (compressed_to_rgb, image_to_rgb, loop_closure_msg, place_match_msg, to_ns)
+from vpr_ros.parameters import declare_config
+
+Frame = tuple  # (decode: Callable[[], np.ndarray], stamp_ns: int, frame_id: str)
+
+
+class LoopClosureNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("loop_closure_node", **kwargs)
+        self.cfg = declare_config(self, getattr(self, "_parameter_overrides", {}))
+        self.recognizer = PlaceRecognizer(self.cfg)
+        self.get_logger().info(f"model {self.cfg.model.name}: {self.recognizer.extractor.dim}-D descriptors on "
+                               f"{self.recognizer.extractor.device}; map index {self.cfg.map.index}"
+                               f"{' (GPU)' if self.recognizer.db.on_gpu else ''}")
+        self._autoload()
+        reliable = QoSProfile(depth=100)
+        n = self.cfg.node
+        self.pub_match = self.create_publisher(PlaceMatch, n.place_match_topic, reliable)
+        self.pub_closure = self.create_publisher(LoopClosure, n.loop_closure_topic, reliable)
+        self.create_subscription(Image, n.image_topic, self._on_image, qos_profile_sensor_data)
+        if n.compressed_topic:
+            self.create_subscription(CompressedImage, n.compressed_topic, self._on_compressed, qos_profile_sensor_data)
+        self.create_service(SaveMap, "~/save_map", self._on_save)
+        self.create_service(LoadMap, "~/load_map", self._on_load)
+        self._queue: "queue.Queue[Optional[Frame]]" = queue.Queue(maxsize=max(1, n.queue_size))
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="vpr_worker", daemon=True)
+        self._worker.start()
+
+    # ---- input -------------------------------------------------------------------------------
+    def _stamp(self, header) -> int:
+        ns = to_ns(header.stamp)
+        return ns if ns > 0 else self.get_clock().now().nanoseconds
+
+    def _on_image(self, msg: Image) -> None:
+        self._enqueue((lambda: image_to_rgb(msg), self._stamp(msg.header), msg.header.frame_id))
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        self._enqueue((lambda: compressed_to_rgb(msg), self._stamp(msg.header), msg.header.frame_id))
+
+    def _enqueue(self, frame: Frame) -> None:
+        while True:
+            try:
+                self._queue.put_nowait(frame)
+                return
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()  # drop the oldest: the newest frame is the most useful
+                    count = self.recognizer.drop("queue_full")
+                    self.get_logger().warning(f"model is behind: dropped oldest frame ({count} so far); "
+                                              f"raise node.queue_size or lower the camera rate",
+                                              throttle_duration_sec=5.0)
+                except queue.Empty:
+                    pass
+
+    # ---- processing --------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if frame is None:
+                break
+            self._process(*frame)
+
+    def _process(self, decode: Callable[[], np.ndarray], stamp_ns: int, frame_id: str) -> None:
+        try:
+            rgb = decode()
+            result = self.recognizer.process(rgb, stamp_ns, frame_id or self.cfg.node.default_frame_id)
+        except (ImageError, DescriptorError) as exc:
+            reason = "bad_image" if isinstance(exc, ImageError) else "bad_descriptor"
+            count = self.recognizer.drop(reason)
+            self.get_logger().warning(f"dropped frame at {stamp_ns} ns ({reason}, {count} so far): {exc}",
+                                      throttle_duration_sec=2.0)
+            return
+        except Exception as exc:  # never let one frame kill the node
+            count = self.recognizer.drop("error")
+            self.get_logger().error(f"frame at {stamp_ns} ns failed ({count} so far): {type(exc).__name__}: {exc}")
+            return
+        if not self.context.ok():  # shutting down: the map keeps the frame, nobody is listening
+            return
+        self.pub_match.publish(place_match_msg(result.place_match))
+        if result.loop_closure is not None:
+            lc = result.loop_closure
+            self.pub_closure.publish(loop_closure_msg(lc))
+            self.get_logger().info(f"loop closure: frame {lc.query.id} <-> keyframe {lc.match.id} "
+                                   f"(score {lc.score:.3f})")
+
+    # ---- map services ------------------------------------------------------------------------
+    def _map_path(self, requested: str) -> Optional[Path]:
+        path = requested or self.cfg.map.path
+        return Path(path).expanduser() if path else None
+
+    def _on_save(self, request: SaveMap.Request, response: SaveMap.Response) -> SaveMap.Response:
+        path = self._map_path(request.path)
+        if path is None:
+            response.success, response.message = False, "no path given and map.path is empty"
+            return response
+        try:
+            self.recognizer.save_map(path)
+            response.success, response.message = True, f"saved to {path}"
+        except OSError as exc:
+            response.success, response.message = False, f"could not save to {path}: {exc}"
+        response.num_keyframes = len(self.recognizer.db)
+        return response
+
+    def _on_load(self, request: LoadMap.Request, response: LoadMap.Response) -> LoadMap.Response:
+        path = self._map_path(request.path)
+        if path is None:
+            response.success, response.message = False, "no path given and map.path is empty"
+        else:
+            try:
+                self.recognizer.load_map(path)
+                response.success, response.message = True, f"loaded {path}"
+            except MapError as exc:
+                response.success, response.message = False, f"{exc} (kept the current map)"
+        response.num_keyframes = len(self.recognizer.db)
+        return response
+
+    def _autoload(self) -> None:
+        path = self._map_path("")
+        if path is None or not self.cfg.map.autoload or not path.exists():
+            return
+        try:
+            n = self.recognizer.load_map(path)
+            self.get_logger().info(f"loaded map {path}: {n} keyframes")
+        except MapError as exc:
+            self.get_logger().error(f"{exc}; starting with an empty map (the file is left untouched)")
+
+    def shutdown(self) -> None:
+        """Finish queued frames, stop the worker, save the map if configured."""
+        self._queue.put(None)
+        self._worker.join(timeout=30.0)
+        self._stop.set()
+        path = self._map_path("")
+        if path is not None and self.cfg.map.autosave:
+            self.recognizer.save_map(path)
+            self.get_logger().info(f"saved map {path}: {len(self.recognizer.db)} keyframes")
+        s = self.recognizer.stats.summary()
+        self.get_logger().info(f"processed {s['frames']} frames, {s['keyframes']} keyframes, "
+                               f"{s['loop_closures']} loop closures, dropped {s['dropped']}; latency median "
+                               f"{s['latency_ms_median']:.1f} ms, p95 {s['latency_ms_p95']:.1f} ms")
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = LoopClosureNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:  # configuration errors: one clear line, non-zero exit
+        print(f"loop_closure_node: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

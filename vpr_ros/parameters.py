@@ -1,0 +1,32 @@
+"""Config <-> ROS 2 parameters: every config leaf is a parameter named by its dotted path
+(`detector.loop_threshold`), declared with vpr_core's default; unknown names are refused."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from rclpy.node import Node
+
+from vpr_core.config import Config, ConfigError, config_from_dict, flatten, unflatten
+
+# Free-form sections: options under these prefixes go to the component's builder, which checks them.
+FREEFORM_PREFIXES = ("model.backbone.", "model.aggregator.")
+ROS_BUILTIN = {"use_sim_time", "start_type_description_service"}
+
+
+def declare_config(node: Node, overrides: Mapping[str, Any]) -> Config:
+    """Declare all parameters (the params file's values win over the defaults) and build the Config.
+
+    `overrides`: name -> rclpy Parameter, as the node received them from --ros-args.
+    """
+    defaults = flatten(Config().to_dict())
+    for prefix in FREEFORM_PREFIXES:  # a file that sets a free-form section replaces it whole
+        if any(k.startswith(prefix) for k in overrides):
+            defaults = {k: v for k, v in defaults.items() if not k.startswith(prefix)}
+    names = set(defaults) | {k for k in overrides if k.startswith(FREEFORM_PREFIXES)}
+    unknown = sorted(set(overrides) - names - ROS_BUILTIN)
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {unknown}; valid names are the dotted keys of "
+                          f"config/default.yaml (e.g. detector.loop_threshold)")
+    values = {k: node.declare_parameter(k, defaults[k] if k in defaults else overrides[k].value).value
+              for k in sorted(names)}
+    return config_from_dict(unflatten(values))
