@@ -1,2 +1,93 @@
-def main():
-    pass
+"""`vpr-core`: model and map tools without ROS.
+
+    vpr-core model [--config F]            build the configured model, print its descriptor size
+    vpr-core extract IMAGES... --out F.npy  descriptors of image files (batched, with progress)
+    vpr-core map-info MAP                  check a map file and print what it holds
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from vpr_core.config import ConfigError, load_config
+from vpr_core.images import ImageError, load_image
+from vpr_core.map_database import MapDatabase, MapError
+from vpr_core.models.weights import CheckpointError
+
+
+def _model(args: argparse.Namespace) -> int:
+    from vpr_core.models import DescriptorExtractor
+
+    cfg = load_config(args.config)
+    t0 = time.perf_counter()
+    ex = DescriptorExtractor(cfg.model)
+    n_params = sum(p.numel() for p in ex.model.parameters())
+    print(f"{cfg.model.name}: backbone {cfg.model.backbone['name']}, aggregator {cfg.model.aggregator['name']}, "
+          f"{ex.dim}-D descriptor, {n_params / 1e6:.1f} M parameters, device {ex.device}, "
+          f"built in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from vpr_core.models import DescriptorExtractor
+
+    cfg = load_config(args.config)
+    ex = DescriptorExtractor(cfg.model)
+    paths = [Path(p) for p in args.images]
+    out, bad = [], 0
+    bs = cfg.model.batch_size
+    for i in tqdm(range(0, len(paths), bs), desc="extract", unit="batch"):
+        images = []
+        for p in paths[i:i + bs]:
+            try:
+                images.append(load_image(p))
+            except ImageError as exc:
+                bad += 1
+                print(f"skipped: {exc}", file=sys.stderr)
+        if images:
+            out.append(ex(images))
+    descs = np.concatenate(out) if out else np.zeros((0, ex.dim), np.float32)
+    np.save(args.out, descs)
+    print(f"wrote {descs.shape[0]} x {descs.shape[1]} descriptors to {args.out} ({bad} unreadable images skipped)")
+    return 0 if not bad else 3
+
+
+def _map_info(args: argparse.Namespace) -> int:
+    db = MapDatabase.load(args.map, use_gpu="false")
+    stamps = [kf.stamp_ns for kf in db.keyframes.values()]
+    span = (max(stamps) - min(stamps)) / 1e9 if stamps else 0.0
+    print(f"{args.map}: {len(db)} keyframes, {db.dim}-D, index {db.index_type}, spanning {span:.1f} s, "
+          f"frames {sorted({kf.frame_id for kf in db.keyframes.values()})}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="vpr-core", description="VPR model and map tools (no ROS)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("model", help="build the configured model and print its summary")
+    p.add_argument("--config")
+    p.set_defaults(fn=_model)
+    p = sub.add_parser("extract", help="compute global descriptors of image files")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--config")
+    p.set_defaults(fn=_extract)
+    p = sub.add_parser("map-info", help="validate a map file and summarise it")
+    p.add_argument("map", type=Path)
+    p.set_defaults(fn=_map_info)
+    args = ap.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, CheckpointError, MapError, ValueError) as exc:
+        print(f"vpr-core: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

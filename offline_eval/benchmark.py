@@ -1,0 +1,77 @@
+"""`vpr-benchmark DATASET`: Recall@1/5/10 of a model config on a dataset folder, through the direct
+path and through the real node (bag replay), beside the raw-pixel baseline of the same run."""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import yaml
+
+from offline_eval.baselines import run_raw_pixels
+from offline_eval.direct import PathResult, run_direct
+from offline_eval.report import agreement, plot_recall, recall_table, save_json
+from vpr_core.config import ConfigError, load_config
+from vpr_core.datasets import DatasetError, load_dataset
+
+PATHS = ("direct", "replay", "raw")
+
+
+def parse_overrides(items: List[str]) -> dict:
+    """`--set detector.top_k=20` pairs; values are parsed as YAML (numbers, booleans, lists)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="vpr-benchmark", description=__doc__)
+    ap.add_argument("dataset", help="dataset folder (query/ + database/ or ref/ with ground truth)")
+    ap.add_argument("--config", help="model/detector YAML (default: config/default.yaml)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    ap.add_argument("--paths", default="direct,replay,raw", help=f"comma-separated subset of {','.join(PATHS)}")
+    ap.add_argument("--max-queries", type=int, help="evaluate at most this many queries")
+    ap.add_argument("--stride", type=int, default=1, help="use every N-th query")
+    ap.add_argument("--tolerance", type=int, default=2, help="frames of slack for frame-synchronised ground truth")
+    ap.add_argument("--out", type=Path, help="folder for results.json, recall.png and the bags (default: runs/<time>)")
+    args = ap.parse_args(argv)
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if set(paths) - set(PATHS):
+        ap.error(f"--paths accepts {PATHS}")
+    try:
+        cfg = load_config(args.config, parse_overrides(args.set))
+        ds = load_dataset(args.dataset, args.tolerance).subset(args.max_queries, args.stride)
+    except (ConfigError, DatasetError) as exc:
+        print(f"vpr-benchmark: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or Path("runs") / time.strftime("benchmark-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{ds.name}: {len(ds.database)} database images, {len(ds.queries)} queries; model {cfg.model.name}")
+    results: List[PathResult] = []
+    baseline = run_raw_pixels(ds) if "raw" in paths else None
+    if "direct" in paths:
+        results.append(run_direct(cfg, ds))
+    if "replay" in paths:
+        from offline_eval.replay import run_replay  # needs rclpy and vpr_msgs
+        results.append(run_replay(cfg, ds, Path(tempfile.mkdtemp(dir=out, prefix="replay-"))))
+    if baseline is not None:
+        results.append(baseline)
+    print(recall_table(results, baseline, title=f"{ds.name} ({cfg.model.name})"))
+    direct = next((r for r in results if r.path == "direct"), None)
+    replayed = next((r for r in results if r.path == "bag replay"), None)
+    if direct and replayed:
+        print(f"direct vs bag replay: same top-1 on {agreement(direct, replayed):.1%} of queries")
+    save_json(results, out / "results.json", dataset=str(ds.root), model=cfg.model.name, queries=len(ds.queries))
+    print(f"wrote {plot_recall(results, ds.positives, out / 'recall.png', ds.name)} and {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Benchmark output: a plain-text table (with ratios against the baseline measured in the same
+run), a JSON record, and a Recall@K plot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from offline_eval.direct import PathResult
+from vpr_core.metrics import recall_at_k
+
+
+def recall_table(results: Sequence[PathResult], baseline: Optional[PathResult] = None, title: str = "") -> str:
+    head = f"{'path':<22}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'R@1 / base':>12}{'seconds':>10}{'missing':>9}"
+    lines = [title, head, "-" * len(head)] if title else [head, "-" * len(head)]
+    for r in results:
+        ratio = (r.recall[1] / baseline.recall[1]) if baseline and baseline.recall.get(1) else float("nan")
+        lines.append(f"{r.path:<22}{r.recall[1]:>8.3f}{r.recall[5]:>8.3f}{r.recall[10]:>8.3f}"
+                     f"{ratio:>11.2f}x{r.seconds:>10.1f}{r.missing:>9d}")
+    return "\n".join(lines)
+
+
+def agreement(a: PathResult, b: PathResult) -> float:
+    """Fraction of queries whose top-1 database image is the same on both paths."""
+    return float(np.mean(a.ranked[:, 0] == b.ranked[:, 0])) if len(a.ranked) else float("nan")
+
+
+def save_json(results: Sequence[PathResult], path: Path, **meta) -> Path:
+    path.write_text(json.dumps({**meta, "results": [
+        {"path": r.path, "recall": r.recall, "seconds": r.seconds, "missing": r.missing} for r in results]}, indent=2))
+    return path
+
+
+def plot_recall(results: Sequence[PathResult], positives: List[np.ndarray], path: Path, title: str) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = list(range(1, results[0].ranked.shape[1] + 1))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for r in results:
+        rec = recall_at_k(r.ranked, positives, ks)
+        ax.plot(ks, [rec[k] for k in ks], marker="o", label=r.path)
+    ax.set(xlabel="K", ylabel="Recall@K", title=title, ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

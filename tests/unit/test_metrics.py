@@ -1,0 +1,79 @@
+"""vpr_core.metrics: Recall@K on hand-made rankings, and loop-closure precision/recall."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from vpr_core.metrics import ClosureStats, recall_at_k
+
+
+def _pos(*rows):
+    return [np.asarray(r, dtype=np.int64) for r in rows]
+
+
+def test_recall_at_k_hand_made():
+    ranked = np.array([[3, 1, 2, 0],    # correct at rank 1
+                       [0, 5, 2, 9],    # correct at rank 2
+                       [7, 8, 9, 4],    # correct at rank 4
+                       [1, 2, 3, 4]])   # never correct
+    positives = _pos([3], [5, 6], [4], [0])
+    assert recall_at_k(ranked, positives, ks=(1, 2, 3, 4)) == {1: 0.25, 2: 0.5, 3: 0.5, 4: 0.75}
+
+
+def test_any_of_several_positives_counts_once():
+    ranked = np.array([[4, 5, 6], [9, 8, 7]])
+    positives = _pos([4, 5, 6], [7, 8])
+    assert recall_at_k(ranked, positives, ks=(1, 2, 3)) == {1: 0.5, 2: 1.0, 3: 1.0}
+
+
+def test_minus_one_padding_never_counts():
+    ranked = np.array([[-1, -1, -1], [2, -1, -1], [-1, -1, 0]])
+    positives = _pos([0], [2], [0])
+    assert recall_at_k(ranked, positives, ks=(1, 2, 3)) == {1: 1 / 3, 2: 1 / 3, 3: 2 / 3}
+
+
+def test_k_beyond_the_ranked_columns_uses_what_is_there():
+    ranked = np.array([[1], [0]])
+    assert recall_at_k(ranked, _pos([0], [0]), ks=(1, 5, 10)) == {1: 0.5, 5: 0.5, 10: 0.5}
+
+
+def test_query_without_positives_is_a_miss():
+    ranked = np.array([[0, 1], [0, 1]])
+    assert recall_at_k(ranked, _pos([0], []), ks=(1, 2)) == {1: 0.5, 2: 0.5}
+
+
+def test_default_ks_and_float_values():
+    ranked = np.tile(np.arange(10), (2, 1))
+    out = recall_at_k(ranked, _pos([0], [7]))
+    assert out == {1: 0.5, 5: 0.5, 10: 1.0}
+    assert all(isinstance(v, float) for v in out.values())
+
+
+def test_ranked_as_nested_lists():
+    assert recall_at_k([[1, 2], [2, 1]], _pos([2], [2]), ks=(1,)) == {1: 0.5}
+
+
+def test_no_queries_gives_nan():
+    out = recall_at_k(np.zeros((0, 5), np.int64), [], ks=(1, 5))
+    assert set(out) == {1, 5} and all(math.isnan(v) for v in out.values())
+
+
+@pytest.mark.parametrize("ranked, positives", [
+    (np.array([1, 2, 3]), _pos([1], [2], [3])),           # 1-D
+    (np.zeros((2, 3, 1), np.int64), _pos([1], [2])),      # 3-D
+    (np.zeros((3, 4), np.int64), _pos([1], [2])),         # 3 rows, 2 queries
+    (np.zeros((1, 4), np.int64), _pos([1], [2])),         # 1 row, 2 queries
+])
+def test_wrong_shapes_are_value_errors(ranked, positives):
+    with pytest.raises(ValueError, match="num_queries"):
+        recall_at_k(ranked, positives)
+
+
+def test_closure_stats():
+    s = ClosureStats(published=10, correct=8, revisits=16)
+    assert s.precision == 0.8 and s.recall == 0.5
+    empty = ClosureStats(published=0, correct=0, revisits=0)
+    assert math.isnan(empty.precision) and math.isnan(empty.recall)
+    assert ClosureStats(published=0, correct=0, revisits=4).recall == 0.0
