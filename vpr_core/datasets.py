@@ -94,6 +94,8 @@ def _csv_pairs(root: Path, tolerance: int) -> Optional[PlaceDataset]:
     if not rows or len(rows[0]) != 3 or rows[0][0].strip() != "index":
         return None
     pairs = [(r[1], r[2]) for r in rows[1:] if r]
+    if not pairs:
+        raise DatasetError(f"{gt}: no rows after the header")
     db_dir = (root / pairs[0][1]).parent
     database = _images(db_dir)
     db_index = _index(database)
@@ -130,6 +132,10 @@ def load_dataset(root: str | Path, tolerance: int = 2) -> PlaceDataset:
         if ds is not None:
             if not ds.queries or not ds.database:
                 raise DatasetError(f"{root}: no query or database images found ({name} layout)")
+            missing = [p for p in ds.queries + ds.database if not p.is_file()]
+            if missing:
+                raise DatasetError(f"{root}: {len(missing)} image(s) named by the ground truth are missing, "
+                                   f"e.g. {[str(p) for p in missing[:3]]}")
             return ds
     raise DatasetError(f"{root}: no known ground truth (expected ground_truth.csv with 'query,positives' or "
                        f"'index,query,database' columns, or VPR-Bench query/ ref/ ground_truth_new.npy)")

@@ -90,7 +90,8 @@ class LoopClosureDetector:
         is_keyframe = self._want_keyframe(descriptor, query.stamp_ns)
         if is_keyframe:
             self.db.add(descriptor, query)  # validates the descriptor first; raises before any change
-            self._last_kf_stamp, self._last_kf_desc = query.stamp_ns, np.asarray(descriptor, np.float32)
+            d = np.asarray(descriptor, np.float32).reshape(-1)
+            self._last_kf_stamp, self._last_kf_desc = query.stamp_ns, d / np.linalg.norm(d)
         self._next_id += 1
         return FrameResult(PlaceMatch(query, is_keyframe, candidates), closure)
 
@@ -114,6 +115,7 @@ class LoopClosureDetector:
         if (stamp_ns - self._last_kf_stamp) < self.cfg.keyframe_min_interval_s * 1e9:
             return False
         if self.cfg.keyframe_max_similarity < 1.0:
-            sim = float(np.dot(self._last_kf_desc, descriptor))
+            d = np.asarray(descriptor, np.float32).reshape(-1)
+            sim = float(np.dot(self._last_kf_desc, d) / (np.linalg.norm(d) + 1e-12))  # cosine
             return sim < self.cfg.keyframe_max_similarity
         return True

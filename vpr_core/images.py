@@ -84,7 +84,10 @@ def decode_raw(data: Union[bytes, bytearray, memoryview, np.ndarray], height: in
     img = img.reshape(height, width, enc.channels)
     if enc.channels == 1:
         img = img[:, :, 0]
-    return np.ascontiguousarray(enc.to_rgb(img), dtype=np.uint8)
+    try:
+        return np.ascontiguousarray(enc.to_rgb(img), dtype=np.uint8)
+    except cv2.error as exc:  # e.g. odd width for packed YUV, too small for Bayer demosaicing
+        raise ImageError(f"cannot convert {width}x{height} {encoding} to RGB: {exc.err or exc}") from None
 
 
 def decode_compressed(data: Union[bytes, bytearray, memoryview, np.ndarray]) -> np.ndarray:

@@ -7,7 +7,6 @@ half-written map. Loading checks magic, version, descriptor size and a checksum 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -91,7 +90,10 @@ class MapDatabase:
             raise ValueError(f"descriptor dimension must be positive, got {self.dim}")
         self._cpu_index = INDEX_TYPES.build(self.index_type, dim=self.dim)
         self._index = self._cpu_index
-        want_gpu = {"auto": gpu_usable(), "true": True, "false": False}[str(self.use_gpu).lower()]
+        choice = str(self.use_gpu).lower()
+        if choice not in ("auto", "true", "false"):
+            raise ValueError(f"map.use_gpu must be auto, true or false; got {self.use_gpu!r}")
+        want_gpu = gpu_usable() if choice == "auto" else choice == "true"
         if want_gpu:
             if not gpu_usable():
                 raise MapError("map.use_gpu is true but FAISS sees no GPU (install faiss-gpu on a CUDA machine)")
@@ -131,6 +133,8 @@ class MapDatabase:
         """Top-k keyframes by cosine similarity, skipping the last `exclude_recent_count` added and any
         within `exclude_recent_ns` of `query_stamp_ns` (so a robot does not "close a loop" with itself)."""
         vec = self._check(descriptor)
+        if k <= 0:
+            return []
         excluded = set(self._order[-exclude_recent_count:]) if exclude_recent_count > 0 else set()
         fetch = min(len(self), k + len(excluded))
         while fetch > 0:
@@ -173,7 +177,11 @@ class MapDatabase:
                 zf.writestr("index.faiss", index_bytes)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod
@@ -187,7 +195,7 @@ class MapDatabase:
                 index_bytes = zf.read("index.faiss")
         except FileNotFoundError:
             raise MapError(f"map file not found: {path}") from None
-        except (zipfile.BadZipFile, KeyError, OSError, ValueError, EOFError, zipfile.LargeZipFile) as exc:
+        except Exception as exc:  # zipfile raises many types for damaged archives; all mean "corrupt"
             raise MapError(f"map file {path} is truncated or corrupt ({type(exc).__name__}: {exc}); "
                            f"the in-memory map was left unchanged") from None
         if header.get("magic") != MAGIC:

@@ -17,6 +17,8 @@ def recall_at_k(ranked: np.ndarray, positives: Sequence[np.ndarray], ks: Sequenc
         raise ValueError(f"ranked must be (num_queries, K); got {ranked.shape} for {len(positives)} queries")
     if not len(positives):
         return {k: float("nan") for k in ks}
+    if ranked.shape[1] == 0:  # nothing retrieved (empty database)
+        return {k: 0.0 for k in ks}
     hits = np.array([np.isin(row, pos) for row, pos in zip(ranked, positives)])
     first = np.where(hits.any(1), hits.argmax(1), np.inf)
     return {k: float(np.mean(first < k)) for k in ks}

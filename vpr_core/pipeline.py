@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Deque, List, Optional
 
 import numpy as np
 
@@ -30,7 +30,7 @@ class PipelineStats:
     place_matches: int = 0
     loop_closures: int = 0
     dropped: Counter = field(default_factory=Counter)  # reason -> count of frames not processed
-    latencies_ms: List[float] = field(default_factory=list, repr=False)
+    latencies_ms: Deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)  # recent frames
 
     def summary(self) -> dict:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
@@ -45,8 +45,8 @@ class PlaceRecognizer:
     def __init__(self, cfg: Config, extractor: Optional[DescriptorExtractor] = None,
                  db: Optional[MapDatabase] = None) -> None:
         self.cfg = cfg
-        self.extractor = extractor or DescriptorExtractor(cfg.model)
-        self.db = db or MapDatabase(self.extractor.dim, cfg.map.index, cfg.map.use_gpu)
+        self.extractor = extractor if extractor is not None else DescriptorExtractor(cfg.model)
+        self.db = db if db is not None else MapDatabase(self.extractor.dim, cfg.map.index, cfg.map.use_gpu)
         self.detector = LoopClosureDetector(cfg.detector, self.db)
         self.stats = PipelineStats()
         self._lock = threading.Lock()

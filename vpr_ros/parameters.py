@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 
-from vpr_core.config import Config, ConfigError, config_from_dict, flatten, unflatten
+from vpr_core.config import TRISTATE_KEYS, Config, ConfigError, config_from_dict, flatten, unflatten
 
 # Free-form sections: options under these prefixes go to the component's builder, which checks them.
 FREEFORM_PREFIXES = ("model.backbone.", "model.aggregator.")
@@ -27,6 +28,7 @@ def declare_config(node: Node, overrides: Mapping[str, Any]) -> Config:
     if unknown:
         raise ConfigError(f"unknown parameter(s) {unknown}; valid names are the dotted keys of "
                           f"config/default.yaml (e.g. detector.loop_threshold)")
-    values = {k: node.declare_parameter(k, defaults[k] if k in defaults else overrides[k].value).value
+    values = {k: node.declare_parameter(k, defaults[k] if k in defaults else overrides[k].value,
+                                        ParameterDescriptor(dynamic_typing=k in TRISTATE_KEYS)).value
               for k in sorted(names)}
     return config_from_dict(unflatten(values))

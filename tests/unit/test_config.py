@@ -16,8 +16,8 @@ def _write(tmp_path, data, name="cfg.yaml"):
     return path
 
 
-def test_default_config_loads_with_the_documented_values():
-    cfg = load_config()
+def test_default_config_loads_with_the_documented_values(default_config):
+    cfg = default_config
     assert isinstance(cfg, Config)
     assert cfg.model.backbone == {"name": "tf_efficientnet_lite0"}
     assert cfg.model.aggregator == {"name": "gem", "p": 3.0}
@@ -186,3 +186,35 @@ def test_to_dict_is_a_deep_copy():
     d["model"]["preprocess"]["image_size"][0] = 1
     assert cfg.model.preprocess.image_size == [240, 320]
     assert dataclasses.is_dataclass(cfg.model.preprocess)
+
+
+@pytest.mark.parametrize("text", ["- model\n- detector\n", "just a string\n", "42\n"],
+                         ids=["list", "string", "number"])
+def test_config_file_that_is_not_a_mapping_is_a_config_error(tmp_path, text):
+    with pytest.raises(ConfigError):
+        load_config(_write(tmp_path, text))
+
+
+def test_empty_ros_parameters_block_means_the_embedded_default(tmp_path):
+    # every parameter commented out: like ROS, the node runs on its defaults, which are the embedded model
+    cfg = load_config(_write(tmp_path, "/**:\n  ros__parameters:\n"))
+    assert cfg == load_config()
+
+
+def test_override_below_a_scalar_is_a_config_error():
+    with pytest.raises(ConfigError):
+        load_config(overrides={"detector.top_k.x": 1})
+
+
+def test_map_use_gpu_accepts_yaml_booleans(tmp_path):
+    from vpr_core.map_database import MapDatabase
+    cfg = load_config(_write(tmp_path, "/**:\n  ros__parameters:\n    map:\n      use_gpu: false\n"))
+    db = MapDatabase(8, cfg.map.index, cfg.map.use_gpu)
+    assert not db.on_gpu
+
+
+@pytest.mark.parametrize("key, value", [("model.preprocess.image_size", [240, "320"]),
+                                        ("model.preprocess.mean", ["a", 0.5, 0.5])])
+def test_list_elements_are_type_checked(key, value):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(overrides={key: value})

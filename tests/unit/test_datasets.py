@@ -163,8 +163,6 @@ def test_small_pairs_folder(tmp_path):
     np.testing.assert_array_equal(ds.positives[2], [2, 3])  # database index of summer/3.png is 3
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the csv readers never check that query images exist; a csv naming "
-                                       "a missing query loads fine and only fails later in load_image")
 def test_csv_naming_a_missing_query_image(tmp_path):
     root = _positives_folder(tmp_path / "missingq")
     (root / "ground_truth.csv").write_text("query,positives\nquery/0.png,database/0.png\n"
@@ -173,8 +171,6 @@ def test_csv_naming_a_missing_query_image(tmp_path):
         load_dataset(root)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a pairs ground_truth.csv with only its header row raises IndexError "
-                                       "(pairs[0]) instead of DatasetError")
 def test_pairs_csv_with_no_rows(tmp_path):
     root = tmp_path / "emptypairs"
     _img(root / "summer" / "0.png")

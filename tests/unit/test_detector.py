@@ -200,9 +200,6 @@ def test_keyframe_max_similarity_skips_near_duplicates():
     assert all(r.place_match.is_keyframe for r in _run(det1, [place, place, place]))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: keyframe_max_similarity compares the raw dot product of the "
-                                       "descriptors, not their cosine, although MapDatabase accepts and "
-                                       "normalises descriptors of any length")
 def test_keyframe_max_similarity_uses_cosine_for_unnormalised_descriptors():
     place, other = _places(2)
     det = _detector(keyframe_max_similarity=0.95)

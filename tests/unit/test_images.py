@@ -336,3 +336,9 @@ def test_validate_rgb_rejects(bad):
 def test_validate_rgb_accepts_and_returns_the_same_array():
     img = _rgb()
     assert validate_rgb(img) is img
+
+
+@pytest.mark.parametrize("encoding", ["yuv422", "yuv422_yuy2"])
+def test_yuv422_with_odd_width_is_an_image_error(encoding):
+    with pytest.raises(ImageError):
+        decode_raw(bytes(4 * 7 * 2), 4, 7, encoding)

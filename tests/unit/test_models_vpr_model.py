@@ -23,7 +23,7 @@ def test_default_model_gives_unit_norm_finite_float32_descriptors(default_extrac
 
 
 def test_descriptors_are_deterministic(default_extractor, corridor_images, corridor_descriptors):
-    np.testing.assert_array_equal(default_extractor(corridor_images), corridor_descriptors)
+    np.testing.assert_array_equal(default_extractor(corridor_images[:2]), corridor_descriptors[:2])
 
 
 def test_different_images_give_different_descriptors(corridor_descriptors):
@@ -34,8 +34,8 @@ def test_different_images_give_different_descriptors(corridor_descriptors):
 
 def test_batch_size_does_not_change_descriptors(default_model, corridor_images, corridor_descriptors):
     cfg = dataclasses.replace(load_config().model, batch_size=1)
-    one_by_one = DescriptorExtractor(cfg, default_model)(corridor_images)
-    np.testing.assert_allclose(one_by_one, corridor_descriptors, atol=1e-5)
+    one_by_one = DescriptorExtractor(cfg, default_model)(corridor_images[:2])
+    np.testing.assert_allclose(one_by_one, corridor_descriptors[:2], atol=1e-5)
 
 
 def test_mixed_image_sizes_in_one_call(default_extractor, corridor_images, corridor_descriptors):

