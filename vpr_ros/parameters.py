@@ -10,7 +10,7 @@ from rclpy.node import Node
 from vpr_core.config import TRISTATE_KEYS, Config, ConfigError, config_from_dict, flatten, unflatten
 
 # Free-form sections: options under these prefixes go to the component's builder, which checks them.
-FREEFORM_PREFIXES = ("model.backbone.", "model.aggregator.")
+FREEFORM_PREFIXES = ("model.backbone.", "model.aggregator.", "model.head.", "model.local_head.")
 ROS_BUILTIN = {"use_sim_time", "start_type_description_service"}
 
 

@@ -1,8 +1,10 @@
-"""VPRModel: backbone + aggregator composed from a config, giving L2-normalised global descriptors."""
+"""VPRModel: backbone + optional adapters + aggregator + optional head + optional local head, composed
+from a config; gives L2-normalised global descriptors and, with a local head, local features."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -10,25 +12,49 @@ import torch.nn.functional as F
 from torch import nn
 
 from vpr_core.config import ModelConfig
+from vpr_core.local_features import LocalFeatures, select_local
 from vpr_core.models.aggregators import AGGREGATORS
 from vpr_core.models.backbones import BACKBONES
+from vpr_core.models.heads import HEADS
+from vpr_core.models.local import LOCAL_HEADS, LocalOutput
 from vpr_core.models.preprocess import Preprocessor
 from vpr_core.models.weights import load_weights
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class ModelOutput:
+    global_desc: torch.Tensor  # (B, D) unit norm
+    local: Optional[LocalOutput] = None
+
+
 class VPRModel(nn.Module):
     """image batch (B,3,H,W) -> descriptors (B,D), unit L2 norm, float32."""
 
-    def __init__(self, backbone: nn.Module, aggregator: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, aggregator: nn.Module, head: Optional[nn.Module] = None,
+                 local_head: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.aggregator = aggregator
-        self.dim: int = int(aggregator.out_dim)
+        self.head = head
+        self.local_head = local_head
+        self.dim: int = int(head.out_dim if head is not None else aggregator.out_dim)
+
+    def _global(self, feats: torch.Tensor) -> torch.Tensor:
+        g = self.aggregator(feats)
+        if self.head is not None:
+            g = self.head(g)
+        return F.normalize(g.float(), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.aggregator(self.backbone(x)).float(), dim=-1)
+        return self._global(self.backbone(x))
+
+    def forward_all(self, x: torch.Tensor) -> ModelOutput:
+        """Global descriptor and, when the model has a local head, local features from one pass."""
+        feats = self.backbone(x)
+        local = self.local_head(feats, self.backbone, tuple(x.shape[-2:])) if self.local_head is not None else None
+        return ModelOutput(self._global(feats), local)
 
 
 def _options(section: Dict[str, Any]) -> tuple[str, Dict[str, Any]]:
@@ -44,7 +70,15 @@ def build_model(cfg: ModelConfig, load_checkpoint: bool = True) -> VPRModel:
     agg_name, agg_opts = _options(cfg.aggregator)
     aggregator = AGGREGATORS.build(agg_name, in_dim=backbone.num_features,
                                    num_prefix_tokens=getattr(backbone, "num_prefix_tokens", 0), **agg_opts)
-    model = VPRModel(backbone, aggregator)
+    head = None
+    if cfg.head:
+        name, opts = _options(cfg.head)
+        head = HEADS.build(name, in_dim=aggregator.out_dim, **opts)
+    local_head = None
+    if cfg.local_head:
+        name, opts = _options(cfg.local_head)
+        local_head = LOCAL_HEADS.build(name, in_dim=backbone.num_features, **opts)
+    model = VPRModel(backbone, aggregator, head, local_head)
     if load_checkpoint:
         if not cfg.checkpoint:
             raise ValueError("model.checkpoint is empty: name a local weights file (weights are never downloaded)")
@@ -60,6 +94,12 @@ def resolve_device(spec: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"model.device is '{spec}' but no CUDA device is usable here; use 'auto' or 'cpu'")
     return dev
+
+
+@dataclass
+class Extracted:
+    global_desc: np.ndarray  # (N, D) float32
+    local: Optional[List[LocalFeatures]] = None
 
 
 class DescriptorExtractor:
@@ -81,13 +121,34 @@ class DescriptorExtractor:
     def dim(self) -> int:
         return self.model.dim
 
-    @torch.inference_mode()
+    @property
+    def has_local(self) -> bool:
+        return self.model.local_head is not None
+
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Descriptors (N,D) float32 for N RGB images, computed in batches of `batch_size`."""
-        out = []
+        return self.extract(images, with_local=False).global_desc
+
+    @torch.inference_mode()
+    def extract(self, images: Sequence[np.ndarray], with_local: bool = True) -> Extracted:
+        """Global descriptors and (if the model has a local head) capped float16 local features."""
+        out, local = [], [] if (with_local and self.has_local) else None
         bs = max(1, self.cfg.batch_size)
+        in_h, in_w = self.preprocess.height, self.preprocess.width
         for i in range(0, len(images), bs):
-            x = self.preprocess(images[i:i + bs]).to(self.device, memory_format=torch.channels_last)
+            batch = images[i:i + bs]
+            x = self.preprocess(batch).to(self.device, memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                out.append(self.model(x).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+                if local is None:
+                    out.append(self.model(x).float().cpu().numpy())
+                    continue
+                res = self.model.forward_all(x)
+            out.append(res.global_desc.float().cpu().numpy())
+            lo = res.local
+            for j, img in enumerate(batch):
+                h, w = img.shape[:2]
+                weight = lo.weight[j].float().cpu().numpy() if lo.weight is not None else None
+                local.append(select_local(lo.desc[j].float().cpu().numpy(), lo.xy[j].float().cpu().numpy(), weight,
+                                          self.cfg.max_local_features, (w / in_w, h / in_h), (h, w)))
+        glob = np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        return Extracted(glob, local)

@@ -32,6 +32,26 @@ class TimmBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(x)
 
+    @property
+    def stride(self) -> int:
+        """Input pixels per feature-map cell (patch size for ViTs)."""
+        info = getattr(self.model, "feature_info", None)
+        if info:
+            last = info[-1] if isinstance(info, list) else info.get_dicts()[-1]
+            return int(last["reduction"])
+        patch = getattr(getattr(self.model, "patch_embed", None), "patch_size", (16, 16))
+        return int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+
+    def to_map(self, feats: torch.Tensor, input_hw: Tuple[int, int]) -> torch.Tensor:
+        """Backbone output as a spatial map (B,C,h,w): CNN maps pass through, ViT patch tokens are reshaped."""
+        if feats.ndim == 4:
+            return feats
+        tokens = feats[:, self.num_prefix_tokens:]
+        h, w = input_hw[0] // self.stride, input_hw[1] // self.stride
+        if h * w != tokens.shape[1]:
+            raise ValueError(f"{self.name}: {tokens.shape[1]} patch tokens do not form a {h}x{w} grid")
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
 
 @BACKBONES.register("timm")
 def timm_backbone(name: str, **timm_kwargs: Any) -> TimmBackbone:

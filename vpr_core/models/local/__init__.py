@@ -1,0 +1,29 @@
+"""Local heads: dense local features for re-ranking, one file per method.
+
+A local head is called as `head(features, backbone, input_hw)` with the backbone's raw output and
+returns a `LocalOutput` (descriptors, their positions in input pixels, optional weights).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from vpr_core.registry import Registry
+
+LOCAL_HEADS: Registry = Registry("local head")
+
+
+@dataclass
+class LocalOutput:
+    desc: torch.Tensor  # (B, N, C)
+    xy: torch.Tensor  # (B, N, 2) pixel coordinates (x, y) in the network input
+    weight: Optional[torch.Tensor] = None  # (B, N) importance, higher = keep first
+
+
+def grid_xy(h: int, w: int, input_hw: tuple, device=None) -> torch.Tensor:
+    """Centres of an h x w feature grid in input pixel coordinates, row-major, (h*w, 2)."""
+    sy, sx = input_hw[0] / h, input_hw[1] / w
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    return torch.stack([(xs.flatten() + 0.5) * sx, (ys.flatten() + 0.5) * sy], dim=1).float()
