@@ -42,8 +42,21 @@ def ros_env(domain_id: Optional[int] = None) -> Dict[str, str]:
 
 def write_params(cfg: Config, path: Path) -> Path:
     """A ROS 2 parameters file for the node from a vpr_core Config."""
-    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": cfg.to_dict()}}, sort_keys=False))
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": _prune_empty(cfg.to_dict())}}, sort_keys=False))
     return path
+
+
+def _prune_empty(d: Dict[str, Any]) -> Dict[str, Any]:
+    """ROS 2's params-file parser mis-nests the keys after an empty mapping (`head: {}`); an absent
+    section means the same to vpr_core, so leave empty sections out."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _prune_empty(v)
+            if not v:
+                continue
+        out[k] = v
+    return out
 
 
 class NodeProcess:

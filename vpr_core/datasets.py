@@ -41,6 +41,14 @@ class PlaceDataset:
                             [self.positives[i] for i in idx])
 
 
+    def head(self, n: int) -> "PlaceDataset":
+        """The first `n` database images and the queries whose true matches lie among them (a shorter
+        stretch of the same route, for quick comparisons of many models)."""
+        keep = [i for i, pos in enumerate(self.positives) if pos.size and pos.max() < n]
+        return PlaceDataset(self.name, self.root, self.database[:n], [self.queries[i] for i in keep],
+                            [self.positives[i] for i in keep])
+
+
 LAYOUTS: Registry[Callable[[Path, int], Optional[PlaceDataset]]] = Registry("dataset layout")
 
 

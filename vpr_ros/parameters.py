@@ -14,6 +14,12 @@ FREEFORM_PREFIXES = ("model.backbone.", "model.aggregator.", "model.head.", "mod
 ROS_BUILTIN = {"use_sim_time", "start_type_description_service"}
 
 
+def _loose(key: str, default: Any) -> bool:
+    """Parameters whose YAML type may differ from the default's: `5` for a float (vpr_core turns it
+    into 5.0, so the file means the same to both), a boolean for an auto|true|false setting."""
+    return key in TRISTATE_KEYS or isinstance(default, float)
+
+
 def declare_config(node: Node, overrides: Mapping[str, Any]) -> Config:
     """Declare all parameters (the params file's values win over the defaults) and build the Config.
 
@@ -29,6 +35,6 @@ def declare_config(node: Node, overrides: Mapping[str, Any]) -> Config:
         raise ConfigError(f"unknown parameter(s) {unknown}; valid names are the dotted keys of "
                           f"config/default.yaml (e.g. detector.loop_threshold)")
     values = {k: node.declare_parameter(k, defaults[k] if k in defaults else overrides[k].value,
-                                        ParameterDescriptor(dynamic_typing=k in TRISTATE_KEYS)).value
+                                        ParameterDescriptor(dynamic_typing=_loose(k, defaults.get(k)))).value
               for k in sorted(names)}
     return config_from_dict(unflatten(values))

@@ -21,6 +21,19 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
 import pytest
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+from offline_eval.replay import NodeProcess, write_params
+from vpr_core.config import load_config
+from vpr_core.images import load_image
+from vpr_msgs.msg import LoopClosure, PlaceMatch
+from vpr_msgs.srv import LoadMap, SaveMap
+from vpr_ros.conversions import rgb_to_image, to_ns, to_time
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
@@ -48,7 +61,6 @@ def ros_context(tmp_path_factory) -> Iterator[Dict[str, str]]:
     os.environ["RCUTILS_LOGGING_BUFFERED_STREAM"] = "0"  # node log lines reach the log file at once
     os.environ["PYTHONUNBUFFERED"] = "1"
 
-    import rclpy
     rclpy.init()
     try:
         yield {k: os.environ[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "ROS_LOG_DIR")}
@@ -78,7 +90,6 @@ class Corridor:
         self._cache: Dict[tuple, np.ndarray] = {}
 
     def image(self, split: str, i: int) -> np.ndarray:
-        from vpr_core.images import load_image
         key = (split, i)
         if key not in self._cache:
             self._cache[key] = load_image(self.root / split / f"{i:07d}.jpg")
@@ -101,13 +112,6 @@ class VprClient:
     """Talks to the node under test: publishes frames, records its outputs, calls its services."""
 
     def __init__(self) -> None:
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.node import Node
-        from rclpy.qos import QoSProfile
-        from sensor_msgs.msg import CompressedImage, Image
-        from vpr_msgs.msg import LoopClosure, PlaceMatch
-        from vpr_msgs.srv import LoadMap, SaveMap
-
         self.node = Node("vpr_test_client")
         reliable = QoSProfile(depth=50)
         self.pub_image = self.node.create_publisher(Image, "image", reliable)
@@ -120,7 +124,6 @@ class VprClient:
         self.node.create_subscription(LoopClosure, "loop_closure", self._on_closure, QoSProfile(depth=1000))
         self.save_client = self.node.create_client(SaveMap, f"/{NODE_NAME}/save_map")
         self.load_client = self.node.create_client(LoadMap, f"/{NODE_NAME}/load_map")
-        self.SaveMap, self.LoadMap = SaveMap, LoadMap
         self._next_stamp = STAMP_BASE_NS
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
@@ -150,13 +153,16 @@ class VprClient:
             self._next_stamp += STAMP_STEP_NS
             return self._next_stamp
 
+    def snapshot(self) -> List[Any]:
+        """The PlaceMatches received so far (this node run), in arrival = processing order."""
+        with self._lock:
+            return list(self.place_matches)
+
     def matches_for(self, stamp_ns: int) -> List[Any]:
-        from vpr_ros.conversions import to_ns
         with self._lock:
             return [m for m in self.place_matches if to_ns(m.query_stamp) == stamp_ns]
 
     def closures_for(self, stamp_ns: int) -> List[Any]:
-        from vpr_ros.conversions import to_ns
         with self._lock:
             return [c for c in self.loop_closures if to_ns(c.query_stamp) == stamp_ns]
 
@@ -177,28 +183,21 @@ class VprClient:
     # frames
     def image_msg(self, rgb: np.ndarray, encoding: str = "rgb8", frame_id: str = "camera",
                   stamp_ns: Optional[int] = None):
-        from vpr_ros.conversions import rgb_to_image
         return rgb_to_image(rgb, self.next_stamp() if stamp_ns is None else stamp_ns, frame_id, encoding)
 
     def compressed_msg(self, data: bytes, frame_id: str = "camera", stamp_ns: Optional[int] = None,
                        fmt: str = "jpeg"):
-        from sensor_msgs.msg import CompressedImage
-        from std_msgs.msg import Header
-        from vpr_ros.conversions import to_time
         stamp_ns = self.next_stamp() if stamp_ns is None else stamp_ns
         return CompressedImage(header=Header(stamp=to_time(stamp_ns), frame_id=frame_id), format=fmt,
                                data=bytes(data))
 
     def publish(self, msg) -> int:
         """Publish an Image or CompressedImage; returns its stamp in ns."""
-        from sensor_msgs.msg import CompressedImage
-        from vpr_ros.conversions import to_ns
         (self.pub_compressed if isinstance(msg, CompressedImage) else self.pub_image).publish(msg)
         return to_ns(msg.header.stamp)
 
     def wait_match(self, stamp_ns: int, timeout: float = FRAME_TIMEOUT_S, node: Optional["NodeRun"] = None):
         """Block until the PlaceMatch for `stamp_ns` arrives; fails the test (with the node log) if not."""
-        from vpr_ros.conversions import to_ns
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -231,10 +230,10 @@ class VprClient:
         return future.result()
 
     def save_map(self, path: str = ""):
-        return self.call(self.save_client, self.SaveMap.Request(path=str(path)))
+        return self.call(self.save_client, SaveMap.Request(path=str(path)))
 
     def load_map(self, path: str = ""):
-        return self.call(self.load_client, self.LoadMap.Request(path=str(path)))
+        return self.call(self.load_client, LoadMap.Request(path=str(path)))
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -251,9 +250,19 @@ def client(ros_context) -> Iterator[VprClient]:
 
 
 # ---- the node under test ------------------------------------------------------------------------------
+def write_node_params(cfg, path: Path) -> Path:
+    """A parameters file for the node, as the benchmark harness writes it."""
+    return write_params(cfg, path)
+
+
+@pytest.fixture(scope="session")
+def node_params():
+    """node_params(cfg, path) -> a parameters file for the node (see write_node_params)."""
+    return write_node_params
+
+
 def node_config(overrides: Optional[Mapping[str, Any]] = None):
     """config/default.yaml with dotted overrides (validated by vpr_core.config)."""
-    from vpr_core.config import load_config
     return load_config(overrides=dict(overrides or {}))
 
 
@@ -262,11 +271,10 @@ class NodeRun:
 
     def __init__(self, client: VprClient, workdir: Path, name: str, overrides: Optional[Mapping[str, Any]] = None,
                  params_file: Optional[Path] = None) -> None:
-        from offline_eval.replay import NodeProcess, write_params
         workdir.mkdir(parents=True, exist_ok=True)
         self.client, self.name = client, name
         self.cfg = node_config(overrides)
-        self.params_file = params_file or write_params(self.cfg, workdir / f"{name}_params.yaml")
+        self.params_file = params_file or write_node_params(self.cfg, workdir / f"{name}_params.yaml")
         self.log_path = workdir / f"{name}.log"
         self.proc = NodeProcess(self.params_file, self.log_path, dict(os.environ))
         self.returncode: Optional[int] = None
@@ -353,7 +361,6 @@ def check_pm():
 
 def check_place_match(pm, top_k: int) -> None:
     """Structural invariants every PlaceMatch must satisfy."""
-    from vpr_ros.conversions import to_ns
     n = len(pm.candidate_ids)
     assert len(pm.candidate_stamps) == n and len(pm.candidate_frame_ids) == n and len(pm.scores) == n, \
         (list(pm.candidate_ids), len(pm.candidate_stamps), len(pm.candidate_frame_ids), list(pm.scores))
