@@ -3,6 +3,9 @@
     vpr-core model [--config F]            build the configured model, print its descriptor size
     vpr-core extract IMAGES... --out F.npy  descriptors of image files (batched, with progress)
     vpr-core map-info MAP                  check a map file and print what it holds
+    vpr-core cluster --config F --images DIR_OR_DATASET... --out F.pth
+                                           k-means centres for a NetVLAD/ClusVPR aggregator, saved
+                                           as a native (vpr_ros) checkpoint
 """
 from __future__ import annotations
 
@@ -67,6 +70,26 @@ def _map_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster(args: argparse.Namespace) -> int:
+    from vpr_core.clustering import cluster_model
+    from vpr_core.models.weights import save_checkpoint
+
+    cfg = load_config(args.config)
+    res = cluster_model(cfg.model, args.images, clusters=args.clusters, per_image=args.per_image,
+                        max_images=args.max_images, niter=args.niter, seed=args.seed,
+                        backbone_checkpoint=args.backbone_checkpoint, backbone_format=args.backbone_format)
+    meta = {"clusters": int(res.centroids.shape[0]), "images": res.images_used, "descriptors": res.descriptors,
+            "alpha": float(res.alpha), "backbone_checkpoint": str(res.backbone_checkpoint),
+            "aggregator": {k: v for k, v in res.model_cfg.aggregator.items() if isinstance(v, (str, int, float, bool))}}
+    save_checkpoint(res.model.cpu(), args.out, extra={"vpr_ros_clustering": meta})
+    k = res.centroids.shape[0]
+    print(f"wrote {args.out}: {k} centres from {res.descriptors} local features of {res.images_used} images "
+          f"({res.images_skipped} unreadable images skipped). Use it with:\n"
+          f"  model.checkpoint: {args.out}\n  model.checkpoint_format: vpr_ros"
+          + (f"\n  model.aggregator.clusters: {k}" if args.clusters is not None else ""))
+    return 0 if not res.images_skipped else 3
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="vpr-core", description="VPR model and map tools (no ROS)")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -81,6 +104,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = sub.add_parser("map-info", help="validate a map file and summarise it")
     p.add_argument("map", type=Path)
     p.set_defaults(fn=_map_info)
+    p = sub.add_parser("cluster", help="initialise a NetVLAD/ClusVPR aggregator by k-means on backbone features")
+    p.add_argument("--config", help="model config whose aggregator has clusters (e.g. netvlad)")
+    p.add_argument("--images", nargs="+", required=True,
+                   help="image files, image folders, or dataset folders (their database images are used)")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint to write (native vpr_ros format)")
+    p.add_argument("--clusters", type=int, help="override model.aggregator.clusters (then set it in the config too)")
+    p.add_argument("--per-image", type=int, default=100, help="local features sampled per image")
+    p.add_argument("--max-images", type=int, default=500, help="images used at most, spread evenly over the list")
+    p.add_argument("--niter", type=int, default=25, help="k-means iterations")
+    p.add_argument("--seed", type=int, default=0, help="seed of the feature sampling and k-means")
+    p.add_argument("--backbone-checkpoint", help="backbone weights file (default: model.checkpoint); only its "
+                                                 "backbone tensors are used")
+    p.add_argument("--backbone-format", help="that file's checkpoint format (default: model.checkpoint_format)")
+    p.set_defaults(fn=_cluster)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

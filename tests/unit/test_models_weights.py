@@ -247,3 +247,25 @@ def test_failed_checkpoint_save_leaves_no_tmp_file(tmp_path):
     with pytest.raises(OSError):
         save_checkpoint(torch.nn.Linear(2, 2), target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_seed_training_extras_are_readable_but_code_is_not(tmp_path):
+    """Seed checkpoints carry argparse args and numpy metrics beside the weights; those load, while a
+    pickled callable (arbitrary code) is still refused."""
+    import argparse
+
+    import numpy as np
+    import torch
+
+    from vpr_core.models.weights import CheckpointError, read_checkpoint
+
+    ok = tmp_path / "seed.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=1e-5),
+                "best_r5": np.float64(0.93), "epoch": np.int64(4)}, ok)
+    loaded = read_checkpoint(ok)
+    assert loaded["args"].lr == 1e-5 and float(loaded["best_r5"]) == pytest.approx(0.93)
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "hook": print}, evil)
+    with pytest.raises(CheckpointError):
+        read_checkpoint(evil)

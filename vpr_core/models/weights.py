@@ -53,9 +53,21 @@ def resolve_checkpoint_path(spec: str) -> Path:
     return path
 
 
+def _training_extras() -> list:
+    """Harmless non-tensor objects the seeds' training scripts store beside the weights
+    (argparse arguments, numpy metrics such as best_r5): allowed, still without arbitrary code."""
+    import argparse
+
+    import numpy as np
+
+    scalar = getattr(getattr(np, "_core", np.core), "multiarray").scalar
+    return [argparse.Namespace, scalar, np.dtype, *{type(np.dtype(t)) for t in ("f8", "f4", "i8", "i4", "bool")}]
+
+
 def read_checkpoint(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_training_extras()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/corrupt archives
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
 
@@ -143,3 +155,6 @@ def state_fingerprint(model: nn.Module) -> Tuple[int, float]:
     """(number of tensors, sum of all weights): a cheap identity check for tests and logs."""
     sd = model.state_dict()
     return len(sd), float(sum(v.double().sum() for v in sd.values() if v.is_floating_point()))
+
+
+from vpr_core.models import formats  # noqa: E402,F401  (registers the seeds' checkpoint formats)

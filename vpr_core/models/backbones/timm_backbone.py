@@ -1,7 +1,19 @@
 """Any timm model as a feature extractor: CNN feature maps (B,C,H,W) or ViT tokens (B,N,C).
 
+`TimmBackbone` is the base of every family in this package. Each backbone object offers:
+  num_features        channels of a map / width of a token
+  num_prefix_tokens   tokens before the patch tokens (class, distillation, register tokens); 0 for CNNs
+  default_mean/std    the normalisation the network was trained with
+  stride              input pixels per feature cell (patch size for ViTs)
+  grid_hw(input_hw)   the (h, w) of the patch grid / feature map for an input of that size
+  to_map(feats, hw)   the backbone output as a spatial map (B,C,h,w)
+
 Weights are never fetched here (`pretrained=False` always); they come from the local checkpoint
-named in the config, loaded by `vpr_core.models.weights`.
+named in the config, loaded by `vpr_core.models.weights` (key layouts in `vpr_core.models.formats`).
+
+The `timm` family (the default) picks the family wrapper that fits the timm architecture: ViT / DeiT /
+CaiT -> `vit`, DINOv2 -> `dinov2`, PiT -> `pit`, XCiT -> `xcit`, VGG -> `vgg`, ResNet -> `resnet`; any other
+timm model gets the plain wrapper below.
 """
 from __future__ import annotations
 
@@ -14,17 +26,28 @@ from torch import nn
 from vpr_core.models.backbones import BACKBONES
 
 
+def timm_module(name: str) -> str:
+    """The timm source module of a model name ('vision_transformer', 'xcit', ...); '' when unknown."""
+    try:
+        return timm.models.model_entrypoint(name).__module__.rsplit(".", 1)[-1]
+    except Exception:  # unknown name: the constructor reports it with the timm version
+        return ""
+
+
 class TimmBackbone(nn.Module):
     """Wraps `timm.create_model(name)` without its classifier and pooling."""
+
+    # keyword arguments every timm model of this wrapper is created with (families override)
+    create_defaults: Dict[str, Any] = {"num_classes": 0, "global_pool": ""}
 
     def __init__(self, name: str, **timm_kwargs: Any) -> None:
         super().__init__()
         if name not in timm.list_models():
             raise ValueError(f"timm has no model '{name}' (timm {timm.__version__})")
         self.name = name
-        self.model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **timm_kwargs)
+        self.model = timm.create_model(name, pretrained=False, **{**self.create_defaults, **timm_kwargs})
         self.num_features: int = int(self.model.num_features)
-        self.num_prefix_tokens: int = int(getattr(self.model, "num_prefix_tokens", 0))
+        self.num_prefix_tokens: int = int(getattr(self.model, "num_prefix_tokens", 0) or 0)
         cfg: Dict[str, Any] = dict(self.model.pretrained_cfg or {})
         self.default_mean: Tuple[float, ...] = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
         self.default_std: Tuple[float, ...] = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
@@ -42,17 +65,39 @@ class TimmBackbone(nn.Module):
         patch = getattr(getattr(self.model, "patch_embed", None), "patch_size", (16, 16))
         return int(patch[0] if isinstance(patch, (tuple, list)) else patch)
 
+    def grid_hw(self, input_hw: Tuple[int, int]) -> Tuple[int, int]:
+        """(h, w) of the patch grid for an input of `input_hw` pixels (a strided patch conv floors)."""
+        return input_hw[0] // self.stride, input_hw[1] // self.stride
+
     def to_map(self, feats: torch.Tensor, input_hw: Tuple[int, int]) -> torch.Tensor:
         """Backbone output as a spatial map (B,C,h,w): CNN maps pass through, ViT patch tokens are reshaped."""
         if feats.ndim == 4:
             return feats
         tokens = feats[:, self.num_prefix_tokens:]
-        h, w = input_hw[0] // self.stride, input_hw[1] // self.stride
+        h, w = self.grid_hw(tuple(input_hw))
         if h * w != tokens.shape[1]:
-            raise ValueError(f"{self.name}: {tokens.shape[1]} patch tokens do not form a {h}x{w} grid")
+            raise ValueError(f"{self.name}: {tokens.shape[1]} patch tokens do not form a {h}x{w} grid "
+                             f"for a {input_hw[0]}x{input_hw[1]} input")
         return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
 
 
+# timm source module -> our family (families register themselves in their own files)
+_FAMILY_OF_MODULE = {"vision_transformer": "vit", "deit": "vit", "cait": "vit", "pit": "pit", "xcit": "xcit",
+                     "vgg": "vgg", "resnet": "resnet"}
+
+
+def family_for(name: str) -> str:
+    """The family the `timm` family hands `name` to ('' = the plain wrapper)."""
+    module = timm_module(name)
+    if module == "vision_transformer" and "dinov2" in name:
+        return "dinov2"
+    return _FAMILY_OF_MODULE.get(module, "")
+
+
 @BACKBONES.register("timm")
-def timm_backbone(name: str, **timm_kwargs: Any) -> TimmBackbone:
-    return TimmBackbone(name, **timm_kwargs)
+def timm_backbone(name: str, **options: Any) -> TimmBackbone:
+    """Any timm model; architectures with their own family (see `family_for`) are built by that family."""
+    family = family_for(name)
+    if family:
+        return BACKBONES.build(family, name=name, **options)
+    return TimmBackbone(name, **options)
