@@ -1,0 +1,94 @@
+"""Model-zoo comparison (`vpr-benchmark DATASET --zoo config/a.yaml config/b.yaml ...`): per config,
+descriptor size, images/s at batch 1 and 16 on this machine, and Recall@1/5/10 (before and after
+re-ranking for two-stage models, with the re-ranking time per query for each K asked for)."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from offline_eval.direct import run_direct
+from vpr_core.config import Config, load_config
+from vpr_core.datasets import PlaceDataset
+from vpr_core.images import load_image
+from vpr_core.models import DescriptorExtractor, build_model
+from vpr_core.models.weights import CheckpointError, resolve_checkpoint_path
+from vpr_core.pipeline import PlaceRecognizer
+
+
+@dataclass
+class ZooRow:
+    config: str
+    model: str
+    weights: str  # "checkpoint" or why it runs on random initialisation
+    dim: int
+    ips_b1: float
+    ips_b16: float
+    recall: Dict[int, float] = field(default_factory=dict)  # global descriptor only
+    reranked: Dict[int, Dict[int, float]] = field(default_factory=dict)  # K -> recall after re-ranking
+    rerank_ms: Dict[int, float] = field(default_factory=dict)  # K -> mean re-ranking time per query
+
+
+def _extractor(cfg: Config, ds: PlaceDataset) -> tuple[DescriptorExtractor, str]:
+    """The configured model with its checkpoint, or random weights when the file is not on this machine
+    (clustering aggregators then get k-means centres from the dataset's database, never random ones)."""
+    try:
+        resolve_checkpoint_path(cfg.model.checkpoint)
+        return DescriptorExtractor(cfg.model), "checkpoint"
+    except (CheckpointError, ValueError) as exc:
+        why = "random init (checkpoint not here)" if "not found" in str(exc) else f"random init ({exc})"
+    model = build_model(cfg.model, load_checkpoint=False)
+    ex = DescriptorExtractor(replace(cfg.model, checkpoint=""), model)
+    agg = model.aggregator
+    if hasattr(agg, "init_from_clusters"):
+        from vpr_core.clustering import sample_local_features, spherical_kmeans
+
+        sample, _, _ = sample_local_features(ex, ds.database[:100], per_image=50, progress=False)
+        agg.init_from_clusters(spherical_kmeans(sample, agg.clusters, niter=10), sample)
+        why += ", k-means centres"
+    return ex, why
+
+
+def images_per_second(ex: DescriptorExtractor, images: List[np.ndarray], batch: int, rounds: int = 2) -> float:
+    ex.cfg = replace(ex.cfg, batch_size=batch)
+    ex.extract(images[:batch])  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        ex.extract(images[:max(batch, 4)])
+    return rounds * max(batch, 4) / (time.perf_counter() - t0)
+
+
+def zoo_row(config_path: Path, ds: PlaceDataset, rerank_ks: Sequence[int] = (20, 100)) -> ZooRow:
+    cfg = load_config(config_path, {"model.device": "auto"})
+    ex, weights = _extractor(cfg, ds)
+    images = [load_image(p) for p in ds.database[:16]]
+    row = ZooRow(str(config_path), cfg.model.name, weights, ex.dim,
+                 images_per_second(ex, images, 1), images_per_second(ex, images, 16))
+    ex.cfg = cfg.model
+    two_stage = cfg.rerank.method != "none" and ex.has_local
+    base = copy.deepcopy(cfg)
+    if two_stage:
+        base.rerank.method = "none"
+    row.recall = run_direct(base, ds, PlaceRecognizer(base, extractor=ex), progress=False).recall
+    for k in (rerank_ks if two_stage else ()):
+        c = copy.deepcopy(cfg)
+        c.rerank.top_k = min(k, len(ds.database))
+        res = run_direct(c, ds, PlaceRecognizer(c, extractor=ex), progress=False)
+        row.reranked[k], row.rerank_ms[k] = res.recall, res.rerank_ms
+    return row
+
+
+def zoo_table(rows: Sequence[ZooRow], title: str) -> str:
+    head = (f"{'model':<28}{'dim':>6}{'img/s b1':>10}{'img/s b16':>10}{'R@1':>7}{'R@5':>7}{'R@1 rr20':>10}"
+            f"{'ms/q':>7}{'R@1 rr100':>10}{'ms/q':>7}  weights")
+    lines = [title, head, "-" * len(head)]
+    for r in rows:
+        rr = "".join(f"{r.reranked[k][1]:>{10}.3f}{r.rerank_ms[k]:>7.1f}" if k in r.reranked else f"{'-':>10}{'-':>7}"
+                     for k in (20, 100))
+        lines.append(f"{r.model:<28}{r.dim:>6}{r.ips_b1:>10.1f}{r.ips_b16:>10.1f}{r.recall[1]:>7.3f}"
+                     f"{r.recall[5]:>7.3f}{rr}  {r.weights}")
+    return "\n".join(lines)
