@@ -93,6 +93,7 @@ class LoopClosureDetector:
             d = np.asarray(descriptor, np.float32).reshape(-1)
             self._last_kf_stamp, self._last_kf_desc = query.stamp_ns, d / np.linalg.norm(d)
         self._next_id += 1
+        self.db.id_floor = self._next_id  # saved with the map, so a restarted node never reuses an id
         return FrameResult(PlaceMatch(query, is_keyframe, candidates), closure)
 
     def _decide(self, query: Keyframe, candidates: List[Candidate]) -> Optional[LoopClosure]:

@@ -84,6 +84,7 @@ class MapDatabase:
     use_gpu: str = "auto"
     keyframes: Dict[int, Keyframe] = field(default_factory=dict)
     _order: List[int] = field(default_factory=list, repr=False)  # ids in insertion order
+    id_floor: int = 0  # ids below this were already handed out (to keyframes or not): never reuse them
 
     def __post_init__(self) -> None:
         if self.dim <= 0:
@@ -106,7 +107,7 @@ class MapDatabase:
 
     @property
     def next_id(self) -> int:
-        return (max(self._order) + 1) if self._order else 0
+        return max((max(self._order) + 1) if self._order else 0, self.id_floor)
 
     def _check(self, desc: np.ndarray) -> np.ndarray:
         desc = np.asarray(desc, dtype=np.float32).reshape(-1)
@@ -167,7 +168,7 @@ class MapDatabase:
         index_bytes = faiss.serialize_index(cpu).tobytes()
         meta = json.dumps({"order": self._order, "keyframes": [asdict(self.keyframes[i]) for i in self._order]}).encode()
         header = {"magic": MAGIC, "version": VERSION, "dim": self.dim, "index_type": self.index_type,
-                  "count": len(self), "sha256_index": hashlib.sha256(index_bytes).hexdigest(),
+                  "count": len(self), "next_id": self.next_id, "sha256_index": hashlib.sha256(index_bytes).hexdigest(),
                   "sha256_meta": hashlib.sha256(meta).hexdigest()}
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as fh:
@@ -217,4 +218,5 @@ class MapDatabase:
         db._index = faiss.index_cpu_to_all_gpus(cpu) if db.on_gpu else cpu
         db.keyframes = {kf["id"]: Keyframe(**kf) for kf in data["keyframes"]}
         db._order = [int(i) for i in data["order"]]
+        db.id_floor = int(header.get("next_id", 0))
         return db

@@ -77,11 +77,6 @@ def test_restart_keeps_every_keyframe(restart):
     assert r.run2.alive()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: query ids are reused after a restart. LoopClosureDetector starts at MapDatabase.next_id "
-    "(max keyframe id + 1), so ids that run 1 gave to frames that did not become keyframes (here the "
-    "last frame, id 6) are handed out again by run 2; PlaceMatch/LoopClosure.query_id then names two "
-    "different frames. The highest id handed out is not persisted in the map file."))
 def test_restart_never_reuses_any_query_id(restart):
     r = restart
     last_id = max(pm.query_id for _, _, pm in r.run1)
