@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vpr_core.config import ConfigError, load_config
-from vpr_core.images import ImageError, load_image
+from vpr_core.images import iter_image_batches
 from vpr_core.map_database import MapDatabase, MapError
 from vpr_core.models.weights import CheckpointError
 
@@ -45,14 +45,11 @@ def _extract(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.images]
     out, bad = [], 0
     bs = cfg.model.batch_size
-    for i in tqdm(range(0, len(paths), bs), desc="extract", unit="batch"):
-        images = []
-        for p in paths[i:i + bs]:
-            try:
-                images.append(load_image(p))
-            except ImageError as exc:
-                bad += 1
-                print(f"skipped: {exc}", file=sys.stderr)
+    for images, errors in tqdm(iter_image_batches(paths, bs), total=-(-len(paths) // bs), desc="extract",
+                               unit="batch"):
+        for exc in errors:
+            bad += 1
+            print(f"skipped: {exc}", file=sys.stderr)
         if images:
             out.append(ex(images))
     descs = np.concatenate(out) if out else np.zeros((0, ex.dim), np.float32)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from vpr_core.config import ModelConfig
 from vpr_core.datasets import IMAGE_SUFFIXES, load_dataset
-from vpr_core.images import ImageError, load_image
+from vpr_core.images import iter_image_batches
 from vpr_core.models.aggregators import AGGREGATORS
 from vpr_core.models.weights import (CHECKPOINT_FORMATS, MappedState, check_and_load, read_checkpoint,
                                      resolve_checkpoint_path)
@@ -147,14 +147,10 @@ def sample_local_features(extractor, paths: Iterable[Path], per_image: int, seed
     used = skipped = 0
     bs = max(1, extractor.cfg.batch_size)
     with tqdm(total=len(paths), desc="cluster: local features", unit="img", disable=not progress) as bar:
-        for i in range(0, len(paths), bs):
-            images = []
-            for p in paths[i:i + bs]:
-                try:
-                    images.append(load_image(p))
-                except ImageError as exc:
-                    skipped += 1
-                    log.warning("cluster: skipped %s", exc)
+        for images, errors in iter_image_batches(paths, bs):
+            for exc in errors:
+                skipped += 1
+                log.warning("cluster: skipped %s", exc)
             if images:
                 x = extractor.preprocess(images).to(extractor.device, memory_format=torch.channels_last)
                 with torch.inference_mode():
@@ -166,7 +162,7 @@ def sample_local_features(extractor, paths: Iterable[Path], per_image: int, seed
                     take = rng.choice(per.shape[0], size=min(per_image, per.shape[0]), replace=False)
                     chunks.append(per[np.sort(take)])
                 used += len(images)
-            bar.update(len(paths[i:i + bs]))
+            bar.update(len(images) + len(errors))
     if not chunks:
         raise ValueError(f"none of the {len(paths)} images could be read")
     return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32), used, skipped

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -111,6 +111,20 @@ def load_image(path: Union[str, Path]) -> np.ndarray:
         return decode_compressed(data)
     except ImageError as exc:
         raise ImageError(f"{path}: {exc}") from None
+
+
+def iter_image_batches(paths: Sequence[Union[str, Path]], batch_size: int
+                       ) -> Iterator[Tuple[List[np.ndarray], List[ImageError]]]:
+    """Read image files `batch_size` at a time; unreadable files come back as errors beside the batch
+    (to be counted and logged by the caller) instead of ending the whole run."""
+    for i in range(0, len(paths), max(1, batch_size)):
+        images, errors = [], []
+        for p in paths[i:i + max(1, batch_size)]:
+            try:
+                images.append(load_image(p))
+            except ImageError as exc:
+                errors.append(exc)
+        yield images, errors
 
 
 def encode_raw(rgb: np.ndarray, encoding: str = "rgb8") -> tuple[bytes, int]:
