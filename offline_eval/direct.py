@@ -28,6 +28,9 @@ class PathResult:
     recall: Dict[int, float] = field(default_factory=dict)
     seconds: float = 0.0
     missing: int = 0  # queries with no answer (dropped frames)
+    recall_global: Dict[int, float] = field(default_factory=dict)  # before re-ranking (global descriptor only);
+    #                                                                 empty when re-ranking is off
+    rerank_ms: float = 0.0  # mean re-ranking time per query (0 when re-ranking is off)
 
 
 def benchmark_config(cfg: Config, top_k: int = 10) -> Config:
@@ -67,10 +70,20 @@ def run_direct(cfg: Config, ds: PlaceDataset, recognizer: Optional[PlaceRecogniz
         id_to_db[res.place_match.query.id] = i
     cfg.detector.mapping = False
     cand_ids, scores = [], np.zeros((len(ds.queries), top_k), np.float32)
+    global_ids, rerank_ms = [], []
+    reranking = rec.detector.reranker is not None
     for i, (path, stamp) in enumerate(tqdm(list(zip(ds.queries, stream_stamps(len(ds.queries), QUERY_OFFSET_NS))),
                                            desc="direct: localise queries", disable=not progress)):
         res = rec.process(load_image(path), stamp, "query")
-        cand_ids.append([c.id for c in res.place_match.candidates])
-        scores[i, :len(res.place_match.candidates)] = [c.score for c in res.place_match.candidates]
+        pm = res.place_match
+        cand_ids.append([c.id for c in pm.candidates])
+        scores[i, :len(pm.candidates)] = [c.score for c in pm.candidates]
+        if reranking:
+            global_ids.append([c.id for c in pm.global_candidates])
+            rerank_ms.append(pm.rerank_ms)
     ranked = ranked_from_ids(cand_ids, id_to_db, top_k)
-    return PathResult("direct", ranked, scores, recall_at_k(ranked, ds.positives), time.perf_counter() - t0)
+    out = PathResult("direct", ranked, scores, recall_at_k(ranked, ds.positives), time.perf_counter() - t0)
+    if reranking:
+        out.recall_global = recall_at_k(ranked_from_ids(global_ids, id_to_db, top_k), ds.positives)
+        out.rerank_ms = float(np.mean(rerank_ms)) if rerank_ms else 0.0
+    return out

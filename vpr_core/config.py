@@ -77,11 +77,26 @@ class NodeConfig:
 
 
 @dataclass
+class RerankConfig:
+    """Second stage: re-rank the map's top candidates with local features (needs model.local_head)."""
+    method: str = "none"  # none | mnn (mutual-NN match count, SelaVPR) | degensac (DEGENSAC inliers, ViTGaL)
+    top_k: int = 20  # candidates re-ranked per query (SelaVPR: 20 fast, 100 = paper setting)
+    min_inliers: int = 12  # a loop closure needs at least this many mutual matches (mnn) or inliers (degensac)
+    match_threshold: float = 0.0  # min cosine similarity of a mutual-nearest-neighbour match (0 = any)
+    ratio: float = 1.0  # Lowe ratio test on top of mutual NN: nearest / second-nearest distance < ratio (1 = off)
+    px_threshold: float = 4.0  # degensac: max epipolar (Sampson) / transfer error of an inlier, original-image pixels
+    confidence: float = 0.999  # degensac: RANSAC confidence; it stops once a model is this likely found
+    max_iters: int = 1000  # degensac: upper bound on RANSAC iterations per candidate (cost grows with it)
+    model: str = "fundamental"  # degensac: fundamental (general scene) | homography (planar / pure rotation)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     map: MapConfig = field(default_factory=MapConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

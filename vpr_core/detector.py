@@ -2,28 +2,24 @@
 
 A false loop closure wrecks a SLAM map, so a closure needs a score over threshold *and*
 agreement over consecutive frames (temporal consistency, as DBoW2 loop detectors do).
-The keyframe policy decides which frames join the map.
+With re-ranking on (`rerank.method` mnn | degensac), the top `rerank.top_k` candidates are
+re-ordered by local-feature matching and a closure also needs its match verified (at least
+`rerank.min_inliers` mutual matches / inliers). The keyframe policy decides which frames join the map.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 import numpy as np
 
-from vpr_core.config import DetectorConfig
+from vpr_core.config import DetectorConfig, RerankConfig
+from vpr_core.local_features import LocalFeatures
 from vpr_core.map_database import Candidate, Keyframe, MapDatabase
+from vpr_core.rerank import Verification, build_reranker, rerank
 
-
-@dataclass
-class Verification:
-    """How a closure was checked beyond the global score; -1 means "not computed"."""
-    method: str = "none"  # none | mnn | degensac
-    verified: bool = False
-    num_matches: int = -1
-    num_inliers: int = -1
-    fundamental: Optional[np.ndarray] = None  # 3x3, when estimated
-    relative_pose: Optional[List[float]] = None  # [x,y,z,qx,qy,qz,qw] query in match frame, when known
+__all__ = ["FrameResult", "LoopClosure", "LoopClosureDetector", "PlaceMatch", "Verification"]
 
 
 @dataclass
@@ -31,8 +27,10 @@ class PlaceMatch:
     """The best map candidates for one query frame."""
     query: Keyframe
     is_keyframe: bool
-    candidates: List[Candidate] = field(default_factory=list)
+    candidates: List[Candidate] = field(default_factory=list)  # best first (re-ranked when re-ranking is on)
     latency_ms: float = 0.0
+    global_candidates: List[Candidate] = field(default_factory=list)  # search order before re-ranking (re-ranked only)
+    rerank_ms: float = 0.0  # time spent re-ranking this frame's candidates
 
     @property
     def best(self) -> Optional[Candidate]:
@@ -60,13 +58,15 @@ class FrameResult:
 class LoopClosureDetector:
     """Stateful per-stream decision logic over one MapDatabase; plain Python, no ROS."""
 
-    def __init__(self, cfg: DetectorConfig, db: MapDatabase) -> None:
+    def __init__(self, cfg: DetectorConfig, db: MapDatabase, rerank_cfg: Optional[RerankConfig] = None) -> None:
         if not 0.0 <= cfg.loop_threshold <= 1.0:
             raise ValueError(f"detector.loop_threshold must be a cosine similarity in [0, 1], got {cfg.loop_threshold}")
         if cfg.top_k < 1 or cfg.temporal_consistency < 1:
             raise ValueError("detector.top_k and detector.temporal_consistency must be >= 1")
         self.cfg = cfg
         self.db = db
+        self.rerank_cfg = rerank_cfg if rerank_cfg is not None else RerankConfig()
+        self.reranker = build_reranker(self.rerank_cfg)  # None for rerank.method 'none'
         self._next_id = db.next_id
         self._streak = 0
         self._last_match: Optional[int] = None
@@ -81,24 +81,44 @@ class LoopClosureDetector:
         self._last_kf_stamp, self._last_kf_desc = None, None
 
     def process(self, descriptor: np.ndarray, stamp_ns: int, frame_id: str,
-                pose: Optional[List[float]] = None) -> FrameResult:
-        """Search the map with one frame's descriptor, decide on a closure, maybe add a keyframe."""
+                pose: Optional[List[float]] = None, local: Optional[LocalFeatures] = None) -> FrameResult:
+        """Search the map with one frame's descriptor, re-rank with its local features (when configured),
+        decide on a closure, maybe add a keyframe (with its local features, when given)."""
         query = Keyframe(self._next_id, int(stamp_ns), frame_id, pose)
-        candidates = self.db.search(descriptor, self.cfg.top_k, query.stamp_ns, self.cfg.exclude_recent_count,
-                                    int(self.cfg.exclude_recent_s * 1e9)) if len(self.db) else []
+        query_local = None
+        if local is not None:
+            query_local = self.db.local.check(local)  # bad local features raise before any change
+        elif self.reranker is not None:
+            raise ValueError(f"rerank.method is '{self.rerank_cfg.method}' but the frame came without local "
+                             f"features: the model needs a local head (model.local_head)")
+        k = self.cfg.top_k if self.reranker is None else max(self.cfg.top_k, self.rerank_cfg.top_k)
+        found = self.db.search(descriptor, k, query.stamp_ns, self.cfg.exclude_recent_count,
+                               int(self.cfg.exclude_recent_s * 1e9)) if len(self.db) else []
+        global_candidates, rerank_ms = [], 0.0
+        if self.reranker is not None:
+            t0 = time.perf_counter()
+            head, tail = found[:self.rerank_cfg.top_k], found[self.rerank_cfg.top_k:]
+            candidates = (rerank(query_local, head, self.db.local, self.reranker) + tail)[:self.cfg.top_k]
+            rerank_ms = (time.perf_counter() - t0) * 1e3
+            global_candidates = found
+        else:
+            candidates = found
         closure = self._decide(query, candidates)
         is_keyframe = self._want_keyframe(descriptor, query.stamp_ns)
         if is_keyframe:
-            self.db.add(descriptor, query)  # validates the descriptor first; raises before any change
+            self.db.add(descriptor, query, query_local)  # validates the descriptor first; raises before any change
             d = np.asarray(descriptor, np.float32).reshape(-1)
             self._last_kf_stamp, self._last_kf_desc = query.stamp_ns, d / np.linalg.norm(d)
         self._next_id += 1
         self.db.id_floor = self._next_id  # saved with the map, so a restarted node never reuses an id
-        return FrameResult(PlaceMatch(query, is_keyframe, candidates), closure)
+        return FrameResult(PlaceMatch(query, is_keyframe, candidates, global_candidates=global_candidates,
+                                      rerank_ms=rerank_ms), closure)
 
     def _decide(self, query: Keyframe, candidates: List[Candidate]) -> Optional[LoopClosure]:
         best = candidates[0] if candidates else None
-        if best is None or best.score < self.cfg.loop_threshold:
+        unverified = self.reranker is not None and not (best is not None and best.verification is not None
+                                                        and best.verification.verified)
+        if best is None or best.score < self.cfg.loop_threshold or unverified:
             self._streak, self._last_match = 0, None
             return None
         agrees = self._last_match is not None and abs(best.id - self._last_match) <= self.cfg.consistency_window
@@ -106,7 +126,7 @@ class LoopClosureDetector:
         self._last_match = best.id
         if self._streak < self.cfg.temporal_consistency:
             return None
-        return LoopClosure(query, best)
+        return LoopClosure(query, best, best.verification if best.verification is not None else Verification())
 
     def _want_keyframe(self, descriptor: np.ndarray, stamp_ns: int) -> bool:
         if not self.cfg.mapping:

@@ -3,27 +3,38 @@
 Incremental add, top-K search that skips the most recent keyframes (by count and by time), and a
 single-file save that is written to a temporary file and renamed, so a crash never leaves a
 half-written map. Loading checks magic, version, descriptor size and a checksum first.
+
+Keyframes' local features (for re-ranking) live beside the index in a `LocalFeatureStore`: float16
+descriptors and float32 positions, saved in the same map file as `local.npz` (concatenated arrays
+plus offsets), covered by the checksum. Format version 2; version 1 maps (no local features) load.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence
 
 import faiss
 import numpy as np
 
+from vpr_core.local_features import LocalFeatures
 from vpr_core.registry import Registry
+
+if TYPE_CHECKING:
+    from vpr_core.rerank import Verification
 
 log = logging.getLogger(__name__)
 
 MAGIC = "vpr_ros-map"
-VERSION = 1
+VERSION = 2  # 2: local.npz (keyframes' local features) added
+READABLE_VERSIONS = (1, 2)
+LOCAL_MEMBER = "local.npz"  # member of the map file holding the local features
 
 
 class MapError(RuntimeError):
@@ -34,6 +45,10 @@ class DescriptorError(ValueError):
     """A descriptor has the wrong shape or holds NaN/inf: it is rejected, the map stays intact."""
 
 
+class LocalFeatureError(DescriptorError):
+    """Local features have the wrong shape or size, or hold NaN/inf: rejected, the map stays intact."""
+
+
 @dataclass
 class Keyframe:
     """What the map remembers about a keyframe besides its descriptor."""
@@ -41,14 +56,16 @@ class Keyframe:
     stamp_ns: int
     frame_id: str = ""
     pose: Optional[List[float]] = None  # [x, y, z, qx, qy, qz, qw] in the map frame, when known
-    local_features: str = ""  # where its local features live (re-ranking), when stored
+    local_features: str = ""  # where its local features live ("local.npz" in the map file), "" = none
 
 
 @dataclass
 class Candidate:
-    """One search hit: a keyframe and its cosine similarity to the query."""
+    """One search hit: a keyframe and its cosine similarity to the query (and, once re-ranked, how its
+    local features matched the query's)."""
     keyframe: Keyframe
     score: float
+    verification: Optional["Verification"] = field(default=None, compare=False)
 
     @property
     def id(self) -> int:
@@ -76,6 +93,105 @@ def gpu_usable() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
+class LocalFeatureStore:
+    """Keyframe id -> LocalFeatures, compact: float16 descriptors (N,C), float32 pixel xy (N,2).
+
+    One descriptor size per map (fixed by the first keyframe stored, or by `dim`). The count per
+    keyframe is capped where the features are made (`model.max_local_features`, strongest first).
+    """
+
+    def __init__(self, dim: int = 0) -> None:
+        self.dim = int(dim)  # 0 = not known yet
+        self._items: Dict[int, LocalFeatures] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, kid: int) -> bool:
+        return int(kid) in self._items
+
+    def ids(self) -> Iterator[int]:
+        return iter(self._items)
+
+    def get(self, kid: int) -> Optional[LocalFeatures]:
+        return self._items.get(int(kid))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(lf.xy.nbytes + lf.desc.nbytes for lf in self._items.values())
+
+    def check(self, local: LocalFeatures) -> LocalFeatures:
+        """The compact, validated copy of `local`; raises LocalFeatureError and changes nothing."""
+        if not isinstance(local, LocalFeatures):
+            raise LocalFeatureError(f"local features must be a LocalFeatures, got {type(local).__name__}")
+        xy, desc = np.asarray(local.xy), np.asarray(local.desc)
+        if xy.ndim != 2 or xy.shape[1] != 2 or desc.ndim != 2 or len(xy) != len(desc):
+            raise LocalFeatureError(f"local features need xy (N,2) and desc (N,C); got {xy.shape} and {desc.shape}")
+        if self.dim and desc.shape[1] != self.dim:
+            raise LocalFeatureError(f"local descriptors are {desc.shape[1]}-D, the map holds {self.dim}-D ones "
+                                    f"(it was built with another local head; rebuild it or switch model)")
+        if desc.shape[1] == 0:
+            raise LocalFeatureError("local descriptors have no channels")
+        with np.errstate(over="ignore"):
+            desc16 = desc.astype(np.float16)  # values beyond float16 range become inf: rejected below
+        xy32 = xy.astype(np.float32)
+        if not np.all(np.isfinite(desc16)):
+            raise LocalFeatureError("local descriptors hold NaN or inf values (or exceed the float16 range)")
+        if not np.all(np.isfinite(xy32)):
+            raise LocalFeatureError("local feature positions hold NaN or inf values")
+        hw = tuple(int(v) for v in local.image_hw)
+        if len(hw) != 2 or min(hw) <= 0:
+            raise LocalFeatureError(f"local features need a positive image size (h, w), got {local.image_hw}")
+        return LocalFeatures(np.ascontiguousarray(xy32), np.ascontiguousarray(desc16), hw)
+
+    def put(self, kid: int, checked: LocalFeatures) -> None:
+        """Store features that `check` returned."""
+        if not self.dim:
+            self.dim = checked.dim
+        self._items[int(kid)] = checked
+
+    def add(self, kid: int, local: LocalFeatures) -> None:
+        self.put(kid, self.check(local))
+
+    # ---- persistence: one npz of concatenated arrays + offsets -----------------------------
+    def to_bytes(self, order: Optional[Sequence[int]] = None) -> bytes:
+        ids = [i for i in (order if order is not None else self._items) if i in self._items]
+        items = [self._items[i] for i in ids]
+        counts = np.array([len(lf) for lf in items], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        dim = self.dim
+        xy = np.concatenate([lf.xy for lf in items]) if items else np.zeros((0, 2), np.float32)
+        desc = np.concatenate([lf.desc for lf in items]) if items else np.zeros((0, dim), np.float16)
+        hw = np.array([lf.image_hw for lf in items], np.int64).reshape(-1, 2)
+        buf = io.BytesIO()
+        np.savez(buf, ids=np.array(ids, np.int64), offsets=offsets, xy=xy.astype(np.float32),
+                 desc=desc.astype(np.float16), image_hw=hw, dim=np.array(dim, np.int64))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "LocalFeatureStore":
+        """Parse `to_bytes` output; raises ValueError on any inconsistency (never a partial store)."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("ids", "offsets", "xy", "desc", "image_hw", "dim")}
+        ids, offsets, xy, desc, hw = (arrays[k] for k in ("ids", "offsets", "xy", "desc", "image_hw"))
+        dim = int(arrays["dim"])
+        if (xy.dtype != np.float32 or desc.dtype != np.float16 or ids.ndim != 1 or offsets.shape != (len(ids) + 1,)
+                or xy.ndim != 2 or xy.shape[1] != 2 or desc.ndim != 2 or len(desc) != len(xy)
+                or hw.shape != (len(ids), 2) or (len(desc) and desc.shape[1] != dim)):
+            raise ValueError("local.npz arrays have inconsistent shapes or types")
+        if offsets[0] != 0 or offsets[-1] != len(xy) or np.any(np.diff(offsets) < 0):
+            raise ValueError("local.npz offsets do not partition its feature arrays")
+        if len(set(ids.tolist())) != len(ids):
+            raise ValueError("local.npz names a keyframe twice")
+        if not (np.all(np.isfinite(xy)) and np.all(np.isfinite(desc))):
+            raise ValueError("local.npz holds NaN or inf values")
+        store = cls(dim)
+        for k, kid in enumerate(ids.tolist()):
+            a, b = int(offsets[k]), int(offsets[k + 1])
+            store._items[int(kid)] = LocalFeatures(xy[a:b], desc[a:b], (int(hw[k, 0]), int(hw[k, 1])))
+        return store
+
+
 @dataclass
 class MapDatabase:
     """Keyframe descriptors (unit L2 norm, float32) in a FAISS index with id -> Keyframe metadata."""
@@ -84,6 +200,7 @@ class MapDatabase:
     use_gpu: str = "auto"
     keyframes: Dict[int, Keyframe] = field(default_factory=dict)
     _order: List[int] = field(default_factory=list, repr=False)  # ids in insertion order
+    local: LocalFeatureStore = field(default_factory=LocalFeatureStore, repr=False)  # id -> local features
     id_floor: int = 0  # ids below this were already handed out (to keyframes or not): never reuse them
 
     def __post_init__(self) -> None:
@@ -120,14 +237,23 @@ class MapDatabase:
             raise DescriptorError("descriptor is all zeros")
         return (desc / norm)[None, :]
 
-    def add(self, descriptor: np.ndarray, keyframe: Keyframe) -> None:
-        """Insert one keyframe; a bad descriptor or a reused id raises before anything changes."""
+    def add(self, descriptor: np.ndarray, keyframe: Keyframe, local: Optional[LocalFeatures] = None) -> None:
+        """Insert one keyframe (and its local features, when given); a bad descriptor, bad local
+        features or a reused id raise before anything changes."""
         vec = self._check(descriptor)
+        checked = self.local.check(local) if local is not None else None
         if keyframe.id in self.keyframes:
             raise ValueError(f"keyframe id {keyframe.id} is already in the map")
         self._index.add_with_ids(vec, np.array([keyframe.id], dtype=np.int64))
+        if checked is not None:
+            self.local.put(keyframe.id, checked)
+            keyframe.local_features = LOCAL_MEMBER
         self.keyframes[keyframe.id] = keyframe
         self._order.append(keyframe.id)
+
+    def local_features(self, kid: int) -> Optional[LocalFeatures]:
+        """The stored local features of keyframe `kid`, or None."""
+        return self.local.get(kid)
 
     def search(self, descriptor: np.ndarray, k: int, query_stamp_ns: Optional[int] = None,
                exclude_recent_count: int = 0, exclude_recent_ns: int = 0) -> List[Candidate]:
@@ -167,15 +293,19 @@ class MapDatabase:
         cpu = faiss.index_gpu_to_cpu(self._index) if self.on_gpu else self._cpu_index
         index_bytes = faiss.serialize_index(cpu).tobytes()
         meta = json.dumps({"order": self._order, "keyframes": [asdict(self.keyframes[i]) for i in self._order]}).encode()
+        local_bytes = self.local.to_bytes(self._order)
         header = {"magic": MAGIC, "version": VERSION, "dim": self.dim, "index_type": self.index_type,
                   "count": len(self), "next_id": self.next_id, "sha256_index": hashlib.sha256(index_bytes).hexdigest(),
-                  "sha256_meta": hashlib.sha256(meta).hexdigest()}
+                  "sha256_meta": hashlib.sha256(meta).hexdigest(),
+                  "local_dim": self.local.dim, "local_count": len(self.local),
+                  "sha256_local": hashlib.sha256(local_bytes).hexdigest()}
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as fh:
             with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
                 zf.writestr("header.json", json.dumps(header))
                 zf.writestr("keyframes.json", meta)
                 zf.writestr("index.faiss", index_bytes)
+                zf.writestr(LOCAL_MEMBER, local_bytes)
             fh.flush()
             os.fsync(fh.fileno())
         try:
@@ -194,6 +324,8 @@ class MapDatabase:
                 header = json.loads(zf.read("header.json"))
                 meta = zf.read("keyframes.json")
                 index_bytes = zf.read("index.faiss")
+                version = header.get("version") if isinstance(header, dict) else None
+                local_bytes = zf.read(LOCAL_MEMBER) if version == 2 else None
         except FileNotFoundError:
             raise MapError(f"map file not found: {path}") from None
         except Exception as exc:  # zipfile raises many types for damaged archives; all mean "corrupt"
@@ -201,14 +333,17 @@ class MapDatabase:
                            f"the in-memory map was left unchanged") from None
         if header.get("magic") != MAGIC:
             raise MapError(f"{path} is not a vpr_ros map file")
-        if header.get("version") != VERSION:
-            raise MapError(f"{path} has map format version {header.get('version')}, this build reads {VERSION}")
+        if header.get("version") not in READABLE_VERSIONS:
+            raise MapError(f"{path} has map format version {header.get('version')}, this build reads "
+                           f"{', '.join(map(str, READABLE_VERSIONS))}")
         if expected_dim is not None and header["dim"] != expected_dim:
             raise MapError(f"{path} holds {header['dim']}-D descriptors but the model produces {expected_dim}-D: "
                            f"it was built with another model; rebuild the map or switch model")
         if hashlib.sha256(index_bytes).hexdigest() != header["sha256_index"] or \
                 hashlib.sha256(meta).hexdigest() != header["sha256_meta"]:
             raise MapError(f"{path} failed its checksum: the file is corrupt")
+        if local_bytes is not None and hashlib.sha256(local_bytes).hexdigest() != header.get("sha256_local"):
+            raise MapError(f"{path} failed its checksum (local features): the file is corrupt")
         db = cls(header["dim"], header["index_type"], use_gpu)
         cpu = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
         data = json.loads(meta)
@@ -219,4 +354,17 @@ class MapDatabase:
         db.keyframes = {kf["id"]: Keyframe(**kf) for kf in data["keyframes"]}
         db._order = [int(i) for i in data["order"]]
         db.id_floor = int(header.get("next_id", 0))
+        if local_bytes is not None:
+            try:
+                db.local = LocalFeatureStore.from_bytes(local_bytes)
+            except Exception as exc:  # numpy raises many types for a damaged npz
+                raise MapError(f"{path}: its local features are unreadable ({type(exc).__name__}: {exc})") from None
+            stray = set(db.local.ids()) - set(db.keyframes)
+            lost = {k for k, kf in db.keyframes.items() if kf.local_features == LOCAL_MEMBER} - set(db.local.ids())
+            if stray or lost or len(db.local) != header.get("local_count") or \
+                    (len(db.local) and db.local.dim != header.get("local_dim")):
+                raise MapError(f"{path}: local features and keyframes disagree ({len(stray)} without a keyframe, "
+                               f"{len(lost)} missing, header count {header.get('local_count')}, stored {len(db.local)})")
+            for kid in db.local.ids():
+                db.keyframes[kid].local_features = LOCAL_MEMBER
         return db

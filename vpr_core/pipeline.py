@@ -15,9 +15,10 @@ from typing import Deque, List, Optional
 
 import numpy as np
 
-from vpr_core.config import Config
+from vpr_core.config import Config, ConfigError
 from vpr_core.detector import FrameResult, LoopClosureDetector
-from vpr_core.map_database import MapDatabase
+from vpr_core.local_features import LocalFeatures
+from vpr_core.map_database import MapDatabase, MapError
 from vpr_core.models import DescriptorExtractor
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,14 @@ class PipelineStats:
     loop_closures: int = 0
     dropped: Counter = field(default_factory=Counter)  # reason -> count of frames not processed
     latencies_ms: Deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)  # recent frames
+    rerank_ms: Deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)  # re-ranked frames
 
     def summary(self) -> dict:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         return {"frames": self.frames, "keyframes": self.keyframes, "loop_closures": self.loop_closures,
                 "dropped": dict(self.dropped), "latency_ms_median": float(np.median(lat)),
-                "latency_ms_p95": float(np.percentile(lat, 95))}
+                "latency_ms_p95": float(np.percentile(lat, 95)),
+                "rerank_ms_median": float(np.median(self.rerank_ms)) if self.rerank_ms else 0.0}
 
 
 class PlaceRecognizer:
@@ -46,25 +49,34 @@ class PlaceRecognizer:
                  db: Optional[MapDatabase] = None) -> None:
         self.cfg = cfg
         self.extractor = extractor if extractor is not None else DescriptorExtractor(cfg.model)
+        if cfg.rerank.method != "none" and not self.extractor.has_local:
+            raise ConfigError(f"rerank.method is '{cfg.rerank.method}' but model '{cfg.model.name}' has no local "
+                              f"head to re-rank with: set model.local_head (e.g. {{name: feature_map, stride: 16}} "
+                              f"for CNN backbones) or set rerank.method: none")
         self.db = db if db is not None else MapDatabase(self.extractor.dim, cfg.map.index, cfg.map.use_gpu)
-        self.detector = LoopClosureDetector(cfg.detector, self.db)
+        self.detector = LoopClosureDetector(cfg.detector, self.db, cfg.rerank)
         self.stats = PipelineStats()
+        self._local_dim = 0  # local descriptor size the model produces, once seen
         self._lock = threading.Lock()
 
     def describe(self, images: List[np.ndarray]) -> np.ndarray:
         return self.extractor(images)
 
     def process(self, image: np.ndarray, stamp_ns: int, frame_id: str) -> FrameResult:
-        """Run the whole flow on one RGB frame; raises ImageError/DescriptorError on bad input."""
+        """Run the whole flow on one RGB frame; raises ImageError/DescriptorError on bad input.
+        Global descriptor and local features (when the model has a local head) come from one pass."""
         t0 = time.perf_counter()
-        desc = self.extractor([image])[0]
-        return self.process_descriptor(desc, stamp_ns, frame_id, t0)
+        out = self.extractor.extract([image], with_local=self.extractor.has_local)
+        local = out.local[0] if out.local else None
+        if local is not None:
+            self._local_dim = local.dim
+        return self.process_descriptor(out.global_desc[0], stamp_ns, frame_id, t0, local=local)
 
     def process_descriptor(self, desc: np.ndarray, stamp_ns: int, frame_id: str,
-                           t0: Optional[float] = None) -> FrameResult:
+                           t0: Optional[float] = None, local: Optional[LocalFeatures] = None) -> FrameResult:
         t0 = time.perf_counter() if t0 is None else t0
         with self._lock:
-            result = self.detector.process(desc, stamp_ns, frame_id)
+            result = self.detector.process(desc, stamp_ns, frame_id, local=local)
         result.place_match.latency_ms = (time.perf_counter() - t0) * 1e3
         s = self.stats
         s.frames += 1
@@ -72,6 +84,8 @@ class PlaceRecognizer:
         s.keyframes += int(result.place_match.is_keyframe)
         s.loop_closures += int(result.loop_closure is not None)
         s.latencies_ms.append(result.place_match.latency_ms)
+        if self.detector.reranker is not None:
+            s.rerank_ms.append(result.place_match.rerank_ms)
         return result
 
     def drop(self, reason: str) -> int:
@@ -87,6 +101,10 @@ class PlaceRecognizer:
         """Replace the map with the file's; on any error the current map is kept and MapError raised."""
         db = MapDatabase.load(path, expected_dim=self.extractor.dim, use_gpu=self.cfg.map.use_gpu)
         with self._lock:
+            if self._local_dim and len(db.local) and db.local.dim != self._local_dim:
+                raise MapError(f"{path} holds {db.local.dim}-D local features but the model produces "
+                               f"{self._local_dim}-D ones: it was built with another local head; rebuild it "
+                               f"(the in-memory map was left unchanged)")
             self.db = db
             self.detector.reset_map(db)
         return len(db)

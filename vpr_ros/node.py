@@ -35,9 +35,13 @@ class LoopClosureNode(Node):
         super().__init__("loop_closure_node", **kwargs)
         self.cfg = declare_config(self, getattr(self, "_parameter_overrides", {}))
         self.recognizer = PlaceRecognizer(self.cfg)
+        rr = self.cfg.rerank
         self.get_logger().info(f"model {self.cfg.model.name}: {self.recognizer.extractor.dim}-D descriptors on "
                                f"{self.recognizer.extractor.device}; map index {self.cfg.map.index}"
-                               f"{' (GPU)' if self.recognizer.db.on_gpu else ''}")
+                               f"{' (GPU)' if self.recognizer.db.on_gpu else ''}; re-ranking "
+                               + (f"{rr.method} of the top {rr.top_k}, closures need >= {rr.min_inliers} "
+                                  f"{'inliers' if rr.method == 'degensac' else 'mutual matches'}"
+                                  if rr.method != "none" else "off"))
         self._autoload()
         reliable = QoSProfile(depth=100)
         n = self.cfg.node
@@ -110,8 +114,11 @@ class LoopClosureNode(Node):
         if result.loop_closure is not None:
             lc = result.loop_closure
             self.pub_closure.publish(loop_closure_msg(lc))
+            v = lc.verification
+            checked = "" if v.method == "none" else (f", {v.method}: {v.num_matches} matches"
+                                                     + (f", {v.num_inliers} inliers" if v.num_inliers >= 0 else ""))
             self.get_logger().info(f"loop closure: frame {lc.query.id} <-> keyframe {lc.match.id} "
-                                   f"(score {lc.score:.3f})")
+                                   f"(score {lc.score:.3f}{checked})")
 
     # ---- map services ------------------------------------------------------------------------
     def _map_path(self, requested: str) -> Optional[Path]:

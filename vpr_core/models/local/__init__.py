@@ -2,6 +2,11 @@
 
 A local head is called as `head(features, backbone, input_hw)` with the backbone's raw output and
 returns a `LocalOutput` (descriptors, their positions in input pixels, optional weights).
+
+Heads (config `model.local_head.name`), builders called as `builder(in_dim, **options)`:
+- `feature_map`: backbone feature-map cells (output, or an earlier stage by `stride`); no training.
+- `upconv`: SelaVPR's up-convolution local adaptation (dense 4x map of 128-D features).
+- `patch_tokens`: ViTGaL's patch embeddings reduced by an autoencoder's encoder.
 """
 from __future__ import annotations
 
@@ -27,3 +32,6 @@ def grid_xy(h: int, w: int, input_hw: tuple, device=None) -> torch.Tensor:
     sy, sx = input_hw[0] / h, input_hw[1] / w
     ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
     return torch.stack([(xs.flatten() + 0.5) * sx, (ys.flatten() + 0.5) * sy], dim=1).float()
+
+
+from vpr_core.models.local import feature_map, patch_tokens, upconv  # noqa: E402,F401  (registers the heads)
