@@ -39,7 +39,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--paths", default="direct,replay,raw", help=f"comma-separated subset of {','.join(PATHS)}")
     ap.add_argument("--max-queries", type=int, help="evaluate at most this many queries")
     ap.add_argument("--stride", type=int, default=1, help="use every N-th query")
+    ap.add_argument("--head", type=int, metavar="N",
+                    help="only the first N database images and the queries that match them (a shorter route)")
     ap.add_argument("--tolerance", type=int, default=2, help="frames of slack for frame-synchronised ground truth")
+    ap.add_argument("--zoo", nargs="+", type=Path, metavar="CONFIG",
+                    help="compare model configs instead (descriptor size, images/s at batch 1 and 16, Recall@1/5, "
+                         "and for two-stage configs Recall@1 after re-ranking the top K with its time per query)")
+    ap.add_argument("--rerank-k", default="20,100", help="with --zoo: the K values to re-rank (comma-separated)")
     ap.add_argument("--out", type=Path, help="folder for results.json, recall.png and the bags (default: runs/<time>)")
     args = ap.parse_args(argv)
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
@@ -47,12 +53,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         ap.error(f"--paths accepts {PATHS}")
     try:
         cfg = load_config(args.config, parse_overrides(args.set))
-        ds = load_dataset(args.dataset, args.tolerance).subset(args.max_queries, args.stride)
+        ds = load_dataset(args.dataset, args.tolerance)
+        ds = (ds.head(args.head) if args.head else ds).subset(args.max_queries, args.stride)
     except (ConfigError, DatasetError) as exc:
         print(f"vpr-benchmark: {exc}", file=sys.stderr)
         return 2
     out = args.out or Path("runs") / time.strftime("benchmark-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
+    if args.zoo:
+        return run_zoo(args.zoo, ds, [int(k) for k in args.rerank_k.split(",") if k.strip()], out)
     print(f"{ds.name}: {len(ds.database)} database images, {len(ds.queries)} queries; model {cfg.model.name}")
     results: List[PathResult] = []
     baseline = run_raw_pixels(ds) if "raw" in paths else None
@@ -71,6 +80,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     save_json(results, out / "results.json", dataset=str(ds.root), model=cfg.model.name, queries=len(ds.queries))
     print(f"wrote {plot_recall(results, ds.positives, out / 'recall.png', ds.name)} and {out / 'results.json'}")
     return 0
+
+
+def run_zoo(configs: List[Path], ds, ks: List[int], out: Path) -> int:
+    from offline_eval.zoo import zoo_json, zoo_row, zoo_table
+
+    print(f"{ds.name}: {len(ds.database)} database images, {len(ds.queries)} queries; {len(configs)} configs")
+    rows = []
+    for path in configs:
+        try:
+            rows.append(zoo_row(path, ds, ks))
+        except (ConfigError, ValueError, RuntimeError) as exc:  # one bad config must not lose the others' rows
+            print(f"vpr-benchmark: {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        print(zoo_table(rows[-1:], f"{path}"))
+    print(zoo_table(rows, f"model zoo on {ds.name} ({len(ds.queries)} queries)"))
+    print(f"wrote {zoo_json(rows, out / 'zoo.json', dataset=str(ds.root), queries=len(ds.queries))}")
+    return 0 if len(rows) == len(configs) else 1
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ from vpr_core.config import Config
 from vpr_core.datasets import PlaceDataset
 from vpr_core.images import load_image
 from vpr_core.metrics import recall_at_k
+from vpr_core.models import DescriptorExtractor
+from vpr_core.models.vpr_model import Extracted
+from vpr_core.detector import FrameResult
 from vpr_core.pipeline import PlaceRecognizer
 
 FRAME_PERIOD_NS = 100_000_000  # 10 Hz stamps for the replayed streams
@@ -47,6 +50,26 @@ def stream_stamps(n: int, offset_ns: int = 0) -> List[int]:
     return [offset_ns + (i + 1) * FRAME_PERIOD_NS for i in range(n)]
 
 
+@dataclass
+class DatasetFeatures:
+    """A dataset's descriptors (and local features), extracted once in batches so that several
+    detector settings (e.g. re-ranking K) can be evaluated without running the model again."""
+    database: Extracted
+    queries: Extracted
+
+
+def extract_dataset(ex: DescriptorExtractor, ds: PlaceDataset, progress: bool = True) -> DatasetFeatures:
+    """Run the model over the database and the queries in batches of `model.batch_size`."""
+    def run(paths, what: str) -> Extracted:
+        bs = max(1, ex.cfg.batch_size)
+        parts = [ex.extract([load_image(p) for p in paths[i:i + bs]], with_local=ex.has_local)
+                 for i in tqdm(range(0, len(paths), bs), desc=f"extract {what}", disable=not progress)]
+        glob = np.concatenate([p.global_desc for p in parts]) if parts else np.zeros((0, ex.dim), np.float32)
+        local = [lf for p in parts for lf in p.local] if ex.has_local else None
+        return Extracted(glob, local)
+    return DatasetFeatures(run(ds.database, "database"), run(ds.queries, "queries"))
+
+
 def ranked_from_ids(cand_ids: List[List[int]], id_to_db: Dict[int, int], k: int) -> np.ndarray:
     out = np.full((len(cand_ids), k), -1, dtype=np.int64)
     for i, ids in enumerate(cand_ids):
@@ -56,25 +79,34 @@ def ranked_from_ids(cand_ids: List[List[int]], id_to_db: Dict[int, int], k: int)
 
 
 def run_direct(cfg: Config, ds: PlaceDataset, recognizer: Optional[PlaceRecognizer] = None,
-               top_k: int = 10, progress: bool = True) -> PathResult:
-    """Map the database, then localise every query with mapping off; Recall@1/5/10 from the top-k."""
+               top_k: int = 10, progress: bool = True, features: Optional[DatasetFeatures] = None) -> PathResult:
+    """Map the database, then localise every query with mapping off; Recall@1/5/10 from the top-k.
+    With `features` (from `extract_dataset`) the model is not run again: only map, search, re-rank."""
     cfg = benchmark_config(cfg, top_k)
     rec = recognizer or PlaceRecognizer(cfg)
     rec.detector.cfg = cfg.detector
+    reranking = rec.detector.reranker is not None
+
+    def step(i: int, path, stamp: int, kind: str) -> FrameResult:
+        if features is None:
+            return rec.process(load_image(path), stamp, kind)
+        ex = features.database if kind == "database" else features.queries
+        local = ex.local[i] if (reranking and ex.local) else None
+        return rec.process_descriptor(ex.global_desc[i], stamp, kind, local=local)
+
     t0 = time.perf_counter()
     id_to_db: Dict[int, int] = {}
     cfg.detector.mapping = True
     for i, (path, stamp) in enumerate(tqdm(list(zip(ds.database, stream_stamps(len(ds.database)))),
                                            desc="direct: map database", disable=not progress)):
-        res = rec.process(load_image(path), stamp, "database")
+        res = step(i, path, stamp, "database")
         id_to_db[res.place_match.query.id] = i
     cfg.detector.mapping = False
     cand_ids, scores = [], np.zeros((len(ds.queries), top_k), np.float32)
     global_ids, rerank_ms = [], []
-    reranking = rec.detector.reranker is not None
     for i, (path, stamp) in enumerate(tqdm(list(zip(ds.queries, stream_stamps(len(ds.queries), QUERY_OFFSET_NS))),
                                            desc="direct: localise queries", disable=not progress)):
-        res = rec.process(load_image(path), stamp, "query")
+        res = step(i, path, stamp, "query")
         pm = res.place_match
         cand_ids.append([c.id for c in pm.candidates])
         scores[i, :len(pm.candidates)] = [c.score for c in pm.candidates]

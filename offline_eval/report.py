@@ -16,9 +16,14 @@ def recall_table(results: Sequence[PathResult], baseline: Optional[PathResult] =
     head = f"{'path':<22}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'R@1 / base':>12}{'seconds':>10}{'missing':>9}"
     lines = [title, head, "-" * len(head)] if title else [head, "-" * len(head)]
     for r in results:
-        ratio = (r.recall[1] / baseline.recall[1]) if baseline and baseline.recall.get(1) else float("nan")
-        lines.append(f"{r.path:<22}{r.recall[1]:>8.3f}{r.recall[5]:>8.3f}{r.recall[10]:>8.3f}"
-                     f"{ratio:>11.2f}x{r.seconds:>10.1f}{r.missing:>9d}")
+        rows = [(r.path, r.recall)] if not r.recall_global else \
+            [(f"{r.path} (global)", r.recall_global), (f"{r.path} (re-ranked)", r.recall)]
+        for name, rec in rows:
+            ratio = (rec[1] / baseline.recall[1]) if baseline and baseline.recall.get(1) else float("nan")
+            lines.append(f"{name:<22}{rec[1]:>8.3f}{rec[5]:>8.3f}{rec[10]:>8.3f}"
+                         f"{ratio:>11.2f}x{r.seconds:>10.1f}{r.missing:>9d}")
+    reranked = [r for r in results if r.recall_global]
+    lines += [f"{r.path}: re-ranking took {r.rerank_ms:.1f} ms per query" for r in reranked]
     return "\n".join(lines)
 
 
@@ -29,7 +34,9 @@ def agreement(a: PathResult, b: PathResult) -> float:
 
 def save_json(results: Sequence[PathResult], path: Path, **meta) -> Path:
     path.write_text(json.dumps({**meta, "results": [
-        {"path": r.path, "recall": r.recall, "seconds": r.seconds, "missing": r.missing} for r in results]}, indent=2))
+        {"path": r.path, "recall": r.recall, "seconds": r.seconds, "missing": r.missing,
+         **({"recall_global": r.recall_global, "rerank_ms": r.rerank_ms} if r.recall_global else {})}
+        for r in results]}, indent=2))
     return path
 
 

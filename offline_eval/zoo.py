@@ -4,14 +4,15 @@ re-ranking for two-stage models, with the re-ranking time per query for each K a
 from __future__ import annotations
 
 import copy
+import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
 
-from offline_eval.direct import run_direct
+from offline_eval.direct import extract_dataset, run_direct
 from vpr_core.config import Config, load_config
 from vpr_core.datasets import PlaceDataset
 from vpr_core.images import load_image
@@ -62,33 +63,43 @@ def images_per_second(ex: DescriptorExtractor, images: List[np.ndarray], batch: 
     return rounds * max(batch, 4) / (time.perf_counter() - t0)
 
 
-def zoo_row(config_path: Path, ds: PlaceDataset, rerank_ks: Sequence[int] = (20, 100)) -> ZooRow:
+def zoo_row(config_path: Path, ds: PlaceDataset, rerank_ks: Sequence[int] = (20, 100),
+            progress: bool = True) -> ZooRow:
+    """One config's row: speed, then the dataset extracted once and evaluated without re-ranking and
+    (two-stage models) with re-ranking of the top K for each K."""
     cfg = load_config(config_path, {"model.device": "auto"})
     ex, weights = _extractor(cfg, ds)
     images = [load_image(p) for p in ds.database[:16]]
     row = ZooRow(str(config_path), cfg.model.name, weights, ex.dim,
                  images_per_second(ex, images, 1), images_per_second(ex, images, 16))
     ex.cfg = cfg.model
+    feats = extract_dataset(ex, ds, progress)
     two_stage = cfg.rerank.method != "none" and ex.has_local
     base = copy.deepcopy(cfg)
-    if two_stage:
-        base.rerank.method = "none"
-    row.recall = run_direct(base, ds, PlaceRecognizer(base, extractor=ex), progress=False).recall
+    base.rerank.method = "none"
+    row.recall = run_direct(base, ds, PlaceRecognizer(base, extractor=ex), progress=False, features=feats).recall
     for k in (rerank_ks if two_stage else ()):
         c = copy.deepcopy(cfg)
         c.rerank.top_k = min(k, len(ds.database))
-        res = run_direct(c, ds, PlaceRecognizer(c, extractor=ex), progress=False)
+        res = run_direct(c, ds, PlaceRecognizer(c, extractor=ex), progress=progress, features=feats)
         row.reranked[k], row.rerank_ms[k] = res.recall, res.rerank_ms
     return row
 
 
 def zoo_table(rows: Sequence[ZooRow], title: str) -> str:
-    head = (f"{'model':<28}{'dim':>6}{'img/s b1':>10}{'img/s b16':>10}{'R@1':>7}{'R@5':>7}{'R@1 rr20':>10}"
-            f"{'ms/q':>7}{'R@1 rr100':>10}{'ms/q':>7}  weights")
+    """One line per config; R@1 after re-ranking and ms per query for every K measured."""
+    ks = sorted({k for r in rows for k in r.reranked}) or [20, 100]
+    head = (f"{'config':<28}{'dim':>6}{'img/s b1':>10}{'img/s b16':>10}{'R@1':>7}{'R@5':>7}"
+            + "".join(f"{f'R@1 rr{k}':>10}{'ms/q':>8}" for k in ks) + "  weights")
     lines = [title, head, "-" * len(head)]
     for r in rows:
-        rr = "".join(f"{r.reranked[k][1]:>{10}.3f}{r.rerank_ms[k]:>7.1f}" if k in r.reranked else f"{'-':>10}{'-':>7}"
-                     for k in (20, 100))
-        lines.append(f"{r.model:<28}{r.dim:>6}{r.ips_b1:>10.1f}{r.ips_b16:>10.1f}{r.recall[1]:>7.3f}"
+        rr = "".join(f"{r.reranked[k][1]:>10.3f}{r.rerank_ms[k]:>8.1f}" if k in r.reranked else f"{'-':>10}{'-':>8}"
+                     for k in ks)
+        lines.append(f"{Path(r.config).stem:<28}{r.dim:>6}{r.ips_b1:>10.1f}{r.ips_b16:>10.1f}{r.recall[1]:>7.3f}"
                      f"{r.recall[5]:>7.3f}{rr}  {r.weights}")
     return "\n".join(lines)
+
+
+def zoo_json(rows: Sequence[ZooRow], path: Path, **meta) -> Path:
+    path.write_text(json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=2))
+    return path

@@ -61,4 +61,7 @@ def loop_closure_msg(lc: CoreLoopClosure) -> LoopClosure:
     if v.fundamental is not None:
         msg.fundamental_matrix = [float(x) for x in np.asarray(v.fundamental, np.float64).reshape(9)]
         msg.fundamental_valid = True
+    if v.homography is not None:
+        msg.homography = [float(x) for x in np.asarray(v.homography, np.float64).reshape(9)]
+        msg.homography_valid = True
     return msg
