@@ -132,9 +132,9 @@ class LocalFeatureStore:
                                     f"(it was built with another local head; rebuild it or switch model)")
         if desc.shape[1] == 0:
             raise LocalFeatureError("local descriptors have no channels")
-        with np.errstate(over="ignore"):
-            desc16 = desc.astype(np.float16)  # values beyond float16 range become inf: rejected below
-        xy32 = xy.astype(np.float32)
+        with np.errstate(over="ignore"):  # values beyond the float16/float32 range become inf: rejected below
+            desc16 = desc.astype(np.float16)
+            xy32 = xy.astype(np.float32)
         if not np.all(np.isfinite(desc16)):
             raise LocalFeatureError("local descriptors hold NaN or inf values (or exceed the float16 range)")
         if not np.all(np.isfinite(xy32)):
@@ -248,6 +248,8 @@ class MapDatabase:
         if checked is not None:
             self.local.put(keyframe.id, checked)
             keyframe.local_features = LOCAL_MEMBER
+        elif keyframe.local_features == LOCAL_MEMBER:  # e.g. copied from another map: its features are not here
+            keyframe.local_features = ""
         self.keyframes[keyframe.id] = keyframe
         self._order.append(keyframe.id)
 

@@ -56,7 +56,10 @@ class PlaceRecognizer:
         self.db = db if db is not None else MapDatabase(self.extractor.dim, cfg.map.index, cfg.map.use_gpu)
         self.detector = LoopClosureDetector(cfg.detector, self.db, cfg.rerank)
         self.stats = PipelineStats()
-        self._local_dim = 0  # local descriptor size the model produces, once seen
+        # local descriptor size the model produces: known from its local head before the first frame
+        # (a map loaded at start must be checked too), else once seen
+        head = getattr(getattr(self.extractor, "model", None), "local_head", None)
+        self._local_dim = int(getattr(head, "out_dim", 0) or 0)
         self._lock = threading.Lock()
 
     def describe(self, images: List[np.ndarray]) -> np.ndarray:

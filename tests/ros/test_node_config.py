@@ -1,6 +1,8 @@
 """Parameter files the node must refuse (or accept) at start-up."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import rclpy
 import yaml
@@ -8,6 +10,9 @@ from rclpy.node import Node
 
 from offline_eval.replay import write_params
 from vpr_core.config import flatten, load_config
+from vpr_ros.parameters import declare_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "config").glob("*.yaml"))
 
 
 def params_with(node_params, path, section: str, key: str, value):
@@ -62,3 +67,22 @@ def test_node_params_file_round_trips_through_ros(node_params, tmp_path):
 def test_write_params_round_trips_through_ros(tmp_path):
     cfg = load_config()
     assert ros_parameters(write_params(cfg, tmp_path / "p.yaml")) == flatten(cfg.to_dict())
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_files_declare_the_same_config_through_ros(path):
+    """Each config/ file as the node's --params-file: rcl reads it, the node declares every parameter
+    (model sections, local head, rerank.*) and gets exactly the config vpr_core loads from the file."""
+    ctx = rclpy.Context()
+    rclpy.init(args=["--ros-args", "--params-file", str(path)], context=ctx)
+    try:
+        node = Node("params_probe", context=ctx)
+        try:
+            cfg = declare_config(node, node._parameter_overrides)
+            declared = {name for name in node._parameters if "." in name}
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
+    assert cfg == load_config(path)
+    assert {"rerank.method", "rerank.top_k", "rerank.min_inliers", "rerank.px_threshold"} <= declared

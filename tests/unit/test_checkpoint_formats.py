@@ -13,19 +13,22 @@ from typing import Any, Dict, Optional
 
 import pytest
 import torch
-from timm.models.xcit import ClassAttentionBlock
+import torch.nn.functional as F
 from torch import nn
 
 from vpr_core.config import ModelConfig
 from vpr_core.models import VPRModel, build_model
+from vpr_core.models.local import LocalOutput
 from vpr_core.models.formats import KEYMAPS, Drop, KeyMap, Rename, Split, Template, keymap
 from vpr_core.models.weights import CHECKPOINT_FORMATS, CheckpointError, load_weights, save_checkpoint
 
 IMAGES = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(7))
 
 
-def _model(backbone: Dict[str, Any], aggregator: Optional[Dict[str, Any]] = None) -> VPRModel:
-    cfg = ModelConfig(name="fmt", backbone=dict(backbone), aggregator=aggregator or {"name": "cls"}, checkpoint="")
+def _model(backbone: Dict[str, Any], aggregator: Optional[Dict[str, Any]] = None,
+           local_head: Optional[Dict[str, Any]] = None) -> VPRModel:
+    cfg = ModelConfig(name="fmt", backbone=dict(backbone), aggregator=aggregator or {"name": "cls"},
+                      local_head=dict(local_head or {}), checkpoint="")
     return build_model(cfg, load_checkpoint=False)
 
 
@@ -43,6 +46,20 @@ def _scramble(model: nn.Module, seed: int) -> nn.Module:
 @torch.inference_mode()
 def _describe(model: VPRModel) -> torch.Tensor:
     return model.eval()(IMAGES)
+
+
+@torch.inference_mode()
+def _describe_local(model: VPRModel) -> LocalOutput:
+    return model.eval().forward_all(IMAGES).local
+
+
+def _check_local(local: LocalOutput, count: int, dim: int) -> None:
+    """`count` local features of `dim` channels per image: unit norm, finite weights, inside the input."""
+    b, (h, w) = len(IMAGES), IMAGES.shape[-2:]
+    assert local.desc.shape == (b, count, dim) and local.xy.shape == (b, count, 2) and local.weight.shape == (b, count)
+    torch.testing.assert_close(local.desc.norm(dim=-1), torch.ones(b, count))
+    assert torch.isfinite(local.weight).all()
+    assert (local.xy >= 0).all() and (local.xy[..., 0] <= w).all() and (local.xy[..., 1] <= h).all()
 
 
 def _same_state(a: nn.Module, b: nn.Module, prefix: str = "") -> bool:
@@ -68,11 +85,15 @@ def _roundtrip(fmt: str, source: VPRModel, target: VPRModel, tmp: Path, prefix: 
     assert desc.shape == (len(IMAGES), target.dim) and desc.dtype == torch.float32
     assert torch.isfinite(desc).all()
     torch.testing.assert_close(desc.norm(dim=1), torch.ones(len(IMAGES)))
+    local = _describe_local(target) if target.local_head is not None else None
     native = tmp / f"{fmt}_native.pth"
     save_checkpoint(target, native)
     _scramble(source, 99)
     load_weights(source, str(native), "vpr_ros")
     assert torch.equal(_describe(source), desc)
+    if local is not None:  # local features reproduce bit for bit too
+        again = _describe_local(source)
+        assert all(torch.equal(getattr(again, f), getattr(local, f)) for f in ("desc", "xy", "weight"))
     return desc
 
 
@@ -198,23 +219,18 @@ def test_wrong_shape_is_reported_by_name(dino_pair, tmp_path):
 
 # ---- SelaVPR ---------------------------------------------------------------------------------------
 
-class LocalAdapt(nn.Module):
-    """Stand-in for SelaVPR's local head (two up-convolutions), named like the published one."""
+SELA_SPEC = {"name": "vit_small_patch14_dinov2", "family": "dinov2_adapter", "depth": 2}
 
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.upconv1 = nn.ConvTranspose2d(dim, 64, kernel_size=3, stride=2, padding=1)
-        self.upconv2 = nn.ConvTranspose2d(64, 32, kernel_size=3, stride=2, padding=1)
+
+def _sela(local: bool = True) -> VPRModel:
+    """SelaVPR's layout at ViT-S width: adapters, GeM on L2-normalised tokens, and our `upconv` local head
+    (SelaVPR's LocalAdapt: up-convolutions in_dim -> 256 -> 128, the published names upconv1 / upconv2)."""
+    return _model(SELA_SPEC, {"name": "gem", "normalize": True}, {"name": "upconv"} if local else None)
 
 
 @pytest.fixture(scope="module")
 def sela_pair():
-    spec = {"name": "vit_small_patch14_dinov2", "family": "dinov2_adapter", "depth": 2}
-
-    def make() -> VPRModel:
-        m = _model(spec, {"name": "gem"})
-        return VPRModel(m.backbone, m.aggregator, local_head=LocalAdapt(384))
-    return _scramble(make(), 3), make()
+    return _scramble(_sela(), 3), _sela()
 
 
 def test_selavpr_layout(sela_pair):
@@ -224,6 +240,11 @@ def test_selavpr_layout(sela_pair):
     assert {"backbone.blocks.1.adapter1.D_fc1.weight", "backbone.blocks.1.adapter2.D_fc2.bias",
             "backbone.blocks.1.attn.qkv.weight", "backbone.mask_token", "aggregation.1.p",
             "LocalAdapt.upconv1.weight", "LocalAdapt.upconv2.bias"} <= set(seed)
+    assert {k for k in seed if k.startswith("LocalAdapt.")} == {f"LocalAdapt.upconv{i}.{p}" for i in (1, 2)
+                                                              for p in ("weight", "bias")}
+    # ConvTranspose2d weights are (in, out, 3, 3): SelaVPR's 1024 -> 256 -> 128, here 384 -> 256 -> 128
+    assert seed["LocalAdapt.upconv1.weight"].shape == (384, 256, 3, 3)
+    assert seed["LocalAdapt.upconv2.weight"].shape == (256, 128, 3, 3)
     assert seed["aggregation.1.p"].shape == (1,) and source.state_dict()["aggregator.p"].shape == ()
     assert set(km.seed_file(source.state_dict())) == {"model_state_dict", "epoch_num", "best_r5", "not_improved_num"}
     assert all(k.startswith("module.") for k in km.seed_file(source.state_dict())["model_state_dict"])
@@ -235,11 +256,31 @@ def test_selavpr_loads_and_reproduces(sela_pair, tmp_path):
     _roundtrip("selavpr", source, target, tmp_path)
 
 
+def test_selavpr_local_head_loads_strictly_and_gives_dense_features(sela_pair, tmp_path):
+    """A SelaVPR file with LocalAdapt fills our upconv head exactly; 8x8 patches -> 29x29 dense 128-D features."""
+    source, target = sela_pair
+    _scramble(target, 31)
+    path = _write(tmp_path, "sela_local.pth", keymap("selavpr").seed_file(source.state_dict()))
+    load_weights(target, path, "selavpr")
+    assert _same_state(source, target)  # the whole model, local head included
+    local = _describe_local(target)
+    _check_local(local, 29 * 29, 128)
+    assert local.xy[0, 0].tolist() == [7.0, 7.0] and local.xy[0, -1].tolist() == [105.0, 105.0]  # patch centres
+    torch.testing.assert_close(local.xy[0, 1, 0] - local.xy[0, 0, 0], torch.tensor(14 / 4))  # a quarter patch
+
+
+def test_selavpr_missing_local_head_key_is_named(sela_pair, tmp_path):
+    source, target = sela_pair
+    obj = keymap("selavpr").seed_file(source.state_dict())
+    del obj["model_state_dict"]["module.LocalAdapt.upconv2.bias"]
+    with pytest.raises(CheckpointError, match=r"1 missing key\(s\): local_head\.upconv2\.bias"):
+        load_weights(target, _write(tmp_path, "no_bias.pth", obj), "selavpr")
+
+
 def test_selavpr_global_only_model_skips_the_local_head(sela_pair, tmp_path):
     source, target = sela_pair
     path = _write(tmp_path, "sela.pth", keymap("selavpr").seed_file(source.state_dict()))
-    global_only = VPRModel(target.backbone, target.aggregator)
-    _scramble(global_only, 4)
+    global_only = _scramble(_sela(local=False), 4)
     load_weights(global_only, path, "selavpr")
     assert _same_state(source, global_only, "backbone.") and _same_state(source, global_only, "aggregator.")
 
@@ -257,24 +298,18 @@ def test_dinov2_pretrain_into_the_adapter_model_keeps_the_adapters(dino_pair, se
 
 # ---- ViTGaL and XCiT -----------------------------------------------------------------------------------
 
-class ReductionAE(nn.Module):
-    """Stand-in for ViTGaL's local autoencoder head, named like the published one."""
+VITGAL_SPEC = {"name": "xcit_small_12_p16_224", "family": "vitgal", "depth": 2}
 
-    def __init__(self, dim: int = 384, reduced: int = 128) -> None:
-        super().__init__()
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.whitening_layer = nn.Linear(dim, reduced)
-        self.ae_decoder_layer = nn.Linear(reduced, dim)
-        self.cls_attn_blocks = nn.ModuleList([ClassAttentionBlock(dim, 8, qkv_bias=True, eta=1.0, tokens_norm=True)])
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+def _vitgal(attention: bool = True) -> VPRModel:
+    """ViTGaL's layout: XCiT-S12 width (2 blocks), our `patch_tokens` head (ViTGaL's reduction autoencoder
+    384 -> 128 -> 384 and, with `attention`, its class-token scorer: one 8-head class-attention block + norm)."""
+    return _model(VITGAL_SPEC, local_head={"name": "patch_tokens", "dim": 128, "attention": attention})
 
 
 @pytest.fixture(scope="module")
 def vitgal_pair():
-    def make() -> VPRModel:
-        m = _model({"name": "xcit_small_12_p16_224", "family": "vitgal", "depth": 2})
-        return VPRModel(m.backbone, m.aggregator, local_head=ReductionAE())
-    return _scramble(make(), 5), make()
+    return _scramble(_vitgal(), 5), _vitgal()
 
 
 def test_vitgal_layout_fuses_qkv_and_names_the_autoencoder(vitgal_pair):
@@ -290,6 +325,16 @@ def test_vitgal_layout_fuses_qkv_and_names_the_autoencoder(vitgal_pair):
     base = "backbone.model.cls_attn_blocks.0.attn."
     qkv = seed["retrieval_back_bone.cls_attn_blocks.0.attn.qkv.weight"]
     assert torch.equal(qkv, torch.cat([sd[base + p + ".weight"] for p in "qkv"]))
+    # the local head: exactly XCiTRetrievalLocalReductionAE's tensors (its classifier `head` aside)
+    head = {k for k in seed if not k.startswith("retrieval_back_bone.")}
+    block = {f"cls_attn_blocks.0.{n}" for n in ("gamma1", "gamma2", "norm1.weight", "norm1.bias", "attn.qkv.weight",
+                                                "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias", "norm2.weight",
+                                                "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight",
+                                                "mlp.fc2.bias")}
+    assert head == {"cls_token", "whitening_layer.weight", "whitening_layer.bias", "ae_decoder_layer.weight",
+                    "ae_decoder_layer.bias", "norm.weight", "norm.bias"} | block
+    assert seed["whitening_layer.weight"].shape == (128, 384) and seed["ae_decoder_layer.weight"].shape == (384, 128)
+    assert seed["cls_token"].shape == (1, 1, 384) and seed["cls_attn_blocks.0.attn.qkv.weight"].shape == (3 * 384, 384)
     _invertible(km, source)
 
 
@@ -303,6 +348,57 @@ def test_vitgal_loads_drops_the_classifiers_and_reproduces(vitgal_pair, tmp_path
     load_weights(target, str(tmp_path / "ckpt.pth"), "vitgal")
     assert _same_state(source, target)
     _roundtrip("vitgal", _scramble(source, 6), target, tmp_path)
+
+
+def test_vitgal_local_head_loads_strictly_and_scores_keypoints_like_vitgal(vitgal_pair, tmp_path):
+    """A ViTGaL file fills the whole head; descriptors = L2-normalised whitening output, weight = ViTGaL's
+    keypoint score, recomputed here from the file's own tensors (fused qkv) the way ViTGaL's code does it."""
+    source, target = vitgal_pair
+    _scramble(target, 41)
+    seed = keymap("vitgal").to_seed(source.state_dict())
+    load_weights(target, _write(tmp_path, "vitgal_local.pth", {"model": seed}), "vitgal")
+    assert _same_state(source, target)
+    local = _describe_local(target)
+    _check_local(local, 7 * 7, 128)  # 112 px / 16 -> 7 x 7 patches
+    with torch.inference_mode():
+        tokens, _ = target.local_head.tokens(target.backbone(IMAGES), target.backbone, IMAGES.shape[-2:])
+        reduced = F.linear(tokens, seed["whitening_layer.weight"], seed["whitening_layer.bias"])
+        torch.testing.assert_close(local.desc, F.normalize(reduced, dim=-1))
+        x = torch.cat([seed["cls_token"].expand(len(IMAGES), -1, -1),
+                       F.linear(reduced, seed["ae_decoder_layer.weight"], seed["ae_decoder_layer.bias"])], dim=1)
+        b, n, c = x.shape
+        x = F.layer_norm(x, (c,), seed["cls_attn_blocks.0.norm1.weight"], seed["cls_attn_blocks.0.norm1.bias"], 1e-6)
+        qkv = F.linear(x, seed["cls_attn_blocks.0.attn.qkv.weight"], seed["cls_attn_blocks.0.attn.qkv.bias"])
+        q, k, _ = qkv.reshape(b, n, 3, 8, c // 8).permute(2, 0, 3, 1, 4)
+        attn = ((q[:, :, :1] * k).sum(-1) * (c // 8) ** -0.5).softmax(-1)[:, :, 1:]  # (B, heads, patches)
+        score = (attn / attn.max(dim=-1, keepdim=True).values).mean(dim=1)
+    torch.testing.assert_close(local.weight, score)
+
+
+def test_vitgal_missing_local_head_key_is_named(vitgal_pair, tmp_path):
+    source, target = vitgal_pair
+    obj = keymap("vitgal").seed_file(source.state_dict())
+    del obj["model"]["whitening_layer.bias"], obj["model"]["cls_token"]
+    with pytest.raises(CheckpointError, match=r"2 missing key\(s\): local_head\.cls_token, "
+                                              r"local_head\.whitening_layer\.bias"):
+        load_weights(target, _write(tmp_path, "no_whitening_bias.pth", obj), "vitgal")
+
+
+def test_vitgal_into_a_head_without_the_scorer(vitgal_pair, tmp_path):
+    """`attention: false` keeps the autoencoder only: the file's scorer tensors are skipped, the descriptors
+    are those of the full head, the weight is the token norm."""
+    source, target = vitgal_pair
+    path = _write(tmp_path, "vitgal.pth", keymap("vitgal").seed_file(source.state_dict()))
+    plain = _scramble(_vitgal(attention=False), 42)
+    assert not any(k.startswith(("local_head.cls", "local_head.norm")) for k in plain.state_dict())
+    load_weights(plain, path, "vitgal")
+    assert _same_state(source, plain, "backbone.") and _same_state(source, plain, "local_head.whitening_layer.")
+    load_weights(target, path, "vitgal")
+    full, reduced = _describe_local(target), _describe_local(plain)
+    assert torch.equal(reduced.desc, full.desc) and not torch.equal(reduced.weight, full.weight)
+    global_only = _scramble(_model(VITGAL_SPEC), 43)
+    load_weights(global_only, path, "vitgal")
+    assert _same_state(source, global_only, "backbone.")
 
 
 def test_xcit_official_imagenet_layout(tmp_path):

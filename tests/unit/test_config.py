@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import yaml
 
-from vpr_core.config import (Config, ConfigError, DetectorConfig, config_from_dict, default_config_path, flatten,
-                             load_config, set_dotted, unflatten, unwrap_ros_params)
+from vpr_core.config import (Config, ConfigError, DetectorConfig, RerankConfig, config_from_dict, default_config_path,
+                             flatten, load_config, set_dotted, unflatten, unwrap_ros_params)
 
 
 def _write(tmp_path, data, name="cfg.yaml"):
@@ -219,3 +219,24 @@ def test_map_use_gpu_accepts_yaml_booleans(tmp_path):
 def test_list_elements_are_type_checked(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(overrides={key: value})
+
+
+def test_rerank_section_from_a_file(tmp_path):
+    path = _write(tmp_path, {"/**": {"ros__parameters": {"rerank": {
+        "method": "degensac", "top_k": 100, "min_inliers": 15, "match_threshold": 0.66, "px_threshold": 16,
+        "max_iters": 2000, "model": "homography"}}}})
+    rr = load_config(path).rerank
+    assert (rr.method, rr.top_k, rr.min_inliers, rr.max_iters, rr.model) == ("degensac", 100, 15, 2000, "homography")
+    assert rr.match_threshold == pytest.approx(0.66) and rr.px_threshold == 16.0 and type(rr.px_threshold) is float
+    assert rr.confidence == RerankConfig().confidence  # not in the file: the dataclass default
+    assert load_config().rerank == RerankConfig() and RerankConfig().method == "none"  # off by default
+    assert {"rerank.method", "rerank.top_k", "rerank.min_inliers"} <= set(flatten(Config().to_dict()))
+
+
+def test_rerank_typo_and_wrong_type_are_named():
+    with pytest.raises(ConfigError, match=r"'rerank\.min_inlier'.*did you mean 'rerank\.min_inliers'"):
+        config_from_dict({"rerank": {"min_inlier": 10}})
+    with pytest.raises(ConfigError, match=r"rerank\.top_k"):
+        config_from_dict({"rerank": {"top_k": 2.5}})
+    with pytest.raises(ConfigError, match=r"'rerankk'.*did you mean 'rerank'"):
+        config_from_dict({"rerankk": {"top_k": 3}})

@@ -51,3 +51,15 @@ def test_cls_token():
         agg(torch.randn(2, 4, 3, 3))
     with pytest.raises(ValueError, match="class token"):
         AGGREGATORS.build("cls", in_dim=4, num_prefix_tokens=0)
+
+
+def test_gem_normalize_pools_l2_normalised_locations_like_selavpr():
+    """SelaVPR's aggregation: L2Norm over channels at every location, then GeM (maps and tokens alike)."""
+    fmap = torch.rand(2, 8, 4, 5) * torch.arange(1.0, 6.0)  # locations of very different norms
+    gem = AGGREGATORS.build("gem", in_dim=8, p=3.0, normalize=True)
+    expected = AGGREGATORS.build("gem", in_dim=8, p=3.0)(torch.nn.functional.normalize(fmap, dim=1))
+    torch.testing.assert_close(gem(fmap), expected)
+    tokens = torch.cat([torch.full((2, 1, 8), 50.0), fmap.flatten(2).transpose(1, 2)], dim=1)
+    with_cls = AGGREGATORS.build("gem", in_dim=8, num_prefix_tokens=1, p=3.0, normalize=True)
+    torch.testing.assert_close(with_cls(tokens), expected)
+    assert not torch.allclose(AGGREGATORS.build("gem", in_dim=8, p=3.0)(fmap), expected)

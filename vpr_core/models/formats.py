@@ -422,7 +422,7 @@ VITGAL = register(KeyMap(
     name="vitgal",
     doc="ViTGaL XCiT + autoencoder checkpoint -> vitgal backbone (+ cls aggregator, no parameters) + local head "
         "(local_head.whitening_layer / ae_decoder_layer / cls_token / cls_attn_blocks.N with q,k,v / norm). "
-        "Covers the whole model; the local head is skipped when the model has none.",
+        "Covers the whole model; the local head (or its attention scorer) is skipped when the model has none.",
     rules=(
         _qkv("retrieval_back_bone.", _BB),
         Rename("retrieval_back_bone.pos_embeder.{rest:path}", _BB + "pos_embed.{rest}"),
@@ -436,7 +436,8 @@ VITGAL = register(KeyMap(
     ),
     drops=(Drop("head.{p}", "autoencoder training classifier"),
            Drop("retrieval_back_bone.head.{p}", "ArcFace training classifier")),
-    optional=("local_head.",),
+    # no local head: all of it skipped; a patch_tokens head built with `attention: false`: the scorer skipped
+    optional=("local_head.", "local_head.cls_token", "local_head.cls_attn_blocks.", "local_head.norm."),
     container=lambda state: {"model": state, "epoch": 0},
 ))
 

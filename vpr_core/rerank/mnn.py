@@ -26,7 +26,7 @@ class MNNReranker(Reranker):
         self.check_pair(query, candidate)
         ia, _, _ = mutual_nn(query.desc, candidate.desc, self.match_threshold, self.ratio)
         n = int(len(ia))
-        return Verification(self.name, n >= self.min_inliers, num_matches=n, num_inliers=-1,
+        return Verification(self.name, n >= max(self.min_inliers, 1), num_matches=n, num_inliers=-1,
                             time_ms=(time.perf_counter() - t0) * 1e3)
 
 

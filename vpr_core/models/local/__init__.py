@@ -5,8 +5,10 @@ returns a `LocalOutput` (descriptors, their positions in input pixels, optional 
 
 Heads (config `model.local_head.name`), builders called as `builder(in_dim, **options)`:
 - `feature_map`: backbone feature-map cells (output, or an earlier stage by `stride`); no training.
-- `upconv`: SelaVPR's up-convolution local adaptation (dense 4x map of 128-D features).
-- `patch_tokens`: ViTGaL's patch embeddings reduced by an autoencoder's encoder.
+- `upconv`: SelaVPR's up-convolution local adaptation (dense (4h-3) x (4w-3) map of 128-D features).
+- `patch_tokens`: ViTGaL's patch embeddings reduced by an autoencoder's encoder, weighted by the class
+  attention of its scorer (`attention: false`: autoencoder only).
+Parameter names follow the seeds' checkpoints (vpr_core/models/formats.py).
 """
 from __future__ import annotations
 
