@@ -91,16 +91,17 @@ def run_direct(cfg: Config, ds: PlaceDataset, recognizer: Optional[PlaceRecogniz
         if features is None:
             return rec.process(load_image(path), stamp, kind)
         ex = features.database if kind == "database" else features.queries
-        local = ex.local[i] if (reranking and ex.local) else None
+        local = ex.local[i] if (reranking and ex.local) else None  # stored with keyframes for re-ranking
         return rec.process_descriptor(ex.global_desc[i], stamp, kind, local=local)
 
     t0 = time.perf_counter()
     id_to_db: Dict[int, int] = {}
     cfg.detector.mapping = True
-    for i, (path, stamp) in enumerate(tqdm(list(zip(ds.database, stream_stamps(len(ds.database)))),
-                                           desc="direct: map database", disable=not progress)):
-        res = step(i, path, stamp, "database")
-        id_to_db[res.place_match.query.id] = i
+    with rec.detector.reranking_paused():  # the database frames' own matches are not scored
+        for i, (path, stamp) in enumerate(tqdm(list(zip(ds.database, stream_stamps(len(ds.database)))),
+                                               desc="direct: map database", disable=not progress)):
+            res = step(i, path, stamp, "database")
+            id_to_db[res.place_match.query.id] = i
     cfg.detector.mapping = False
     cand_ids, scores = [], np.zeros((len(ds.queries), top_k), np.float32)
     global_ids, rerank_ms = [], []

@@ -54,13 +54,16 @@ def _extractor(cfg: Config, ds: PlaceDataset) -> tuple[DescriptorExtractor, str]
     return ex, why
 
 
-def images_per_second(ex: DescriptorExtractor, images: List[np.ndarray], batch: int, rounds: int = 2) -> float:
+def images_per_second(ex: DescriptorExtractor, images: List[np.ndarray], batch: int, min_s: float = 2.0) -> float:
+    """Throughput of `extract` (global and local features) at `batch` images per forward pass: one
+    warm-up pass, then whole passes over `images` until at least `min_s` seconds have gone by."""
     ex.cfg = replace(ex.cfg, batch_size=batch)
-    ex.extract(images[:batch])  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(rounds):
-        ex.extract(images[:max(batch, 4)])
-    return rounds * max(batch, 4) / (time.perf_counter() - t0)
+    ex.extract(images[:batch])  # warm-up: allocator, thread pool, lazy init
+    n, t0 = 0, time.perf_counter()
+    while n == 0 or time.perf_counter() - t0 < min_s:
+        ex.extract(images)
+        n += len(images)
+    return n / (time.perf_counter() - t0)
 
 
 def zoo_row(config_path: Path, ds: PlaceDataset, rerank_ks: Sequence[int] = (20, 100),

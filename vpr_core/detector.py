@@ -9,8 +9,9 @@ re-ordered by local-feature matching and a closure also needs its match verified
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import numpy as np
 
@@ -79,6 +80,17 @@ class LoopClosureDetector:
         self._next_id = max(self._next_id, db.next_id)
         self._streak, self._last_match = 0, None
         self._last_kf_stamp, self._last_kf_desc = None, None
+
+    @contextmanager
+    def reranking_paused(self) -> Iterator[None]:
+        """Within the block, frames are searched by global descriptor only (local features are still
+        stored with keyframes). For building a map offline, where the frames' own matches are unused
+        and re-ranking them would only cost time; never used by the node."""
+        reranker, self.reranker = self.reranker, None
+        try:
+            yield
+        finally:
+            self.reranker = reranker
 
     def process(self, descriptor: np.ndarray, stamp_ns: int, frame_id: str,
                 pose: Optional[List[float]] = None, local: Optional[LocalFeatures] = None) -> FrameResult:

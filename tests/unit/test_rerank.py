@@ -385,3 +385,20 @@ def test_degensac_verified_closure_carries_the_geometry():
     assert v.method == "degensac" and v.num_matches == 80 and v.num_inliers >= 58 and v.fundamental.shape == (3, 3)
     others = [c.verification for c in r.place_match.candidates[1:]]
     assert [(o.num_matches, o.num_inliers, o.verified) for o in others] == [(0, 0, False)] * 2
+
+
+def test_reranking_paused_searches_globally_but_still_stores_local_features(world):
+    db, glob, local = world
+    det = _detector(db, mapping=True)
+    strangers = _lf(_unit(40, LDIM, seed=97))
+    with det.reranking_paused():
+        r = det.process(glob[2], 100 * SEC, "cam", local=strangers)
+    # global search only: no verification attached, the global score closes (threshold 0.9, tc 1)
+    assert r.place_match.global_candidates == [] and r.place_match.rerank_ms == 0.0
+    assert r.place_match.best.verification is None and r.loop_closure is not None
+    assert r.place_match.is_keyframe and db.local_features(r.place_match.query.id) is not None
+    # re-ranking is back after the block, also when the block raised
+    with pytest.raises(RuntimeError), det.reranking_paused():
+        raise RuntimeError("boom")
+    r = det.process(glob[2], 200 * SEC, "cam", local=_lf(_unit(40, LDIM, seed=96)))
+    assert r.loop_closure is None and r.place_match.best.verification is not None
