@@ -11,11 +11,11 @@ from tqdm import tqdm
 
 from vpr_core.config import Config
 from vpr_core.datasets import PlaceDataset
-from vpr_core.images import load_image
+from vpr_core.images import iter_image_batches, load_image
 from vpr_core.metrics import recall_at_k
+from vpr_core.detector import FrameResult
 from vpr_core.models import DescriptorExtractor
 from vpr_core.models.vpr_model import Extracted
-from vpr_core.detector import FrameResult
 from vpr_core.pipeline import PlaceRecognizer
 
 FRAME_PERIOD_NS = 100_000_000  # 10 Hz stamps for the replayed streams
@@ -62,8 +62,12 @@ def extract_dataset(ex: DescriptorExtractor, ds: PlaceDataset, progress: bool = 
     """Run the model over the database and the queries in batches of `model.batch_size`."""
     def run(paths, what: str) -> Extracted:
         bs = max(1, ex.cfg.batch_size)
-        parts = [ex.extract([load_image(p) for p in paths[i:i + bs]], with_local=ex.has_local)
-                 for i in tqdm(range(0, len(paths), bs), desc=f"extract {what}", disable=not progress)]
+        parts = []
+        for images, errors in tqdm(iter_image_batches(paths, bs), total=-(-len(paths) // bs),
+                                   desc=f"extract {what}", disable=not progress):
+            if errors:  # a benchmark scores every image: a skipped one would shift the ground truth
+                raise errors[0]
+            parts.append(ex.extract(images, with_local=ex.has_local))
         glob = np.concatenate([p.global_desc for p in parts]) if parts else np.zeros((0, ex.dim), np.float32)
         local = [lf for p in parts for lf in p.local] if ex.has_local else None
         return Extracted(glob, local)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import time
 from typing import TYPE_CHECKING, List, Optional
 
 from vpr_core.local_features import LocalFeatures
@@ -54,11 +53,3 @@ def rerank(query_local: LocalFeatures, candidates: List["Candidate"], store: "Lo
         out.append((v.local_score, cand.score, -rank, dataclasses.replace(cand, verification=v)))
     out.sort(key=lambda t: t[:3], reverse=True)
     return [t[3] for t in out]
-
-
-def timed_rerank(query_local: LocalFeatures, candidates: List["Candidate"], store: "LocalFeatureStore",
-                 reranker: Reranker) -> tuple:
-    """`rerank` and the wall time it took in milliseconds."""
-    t0 = time.perf_counter()
-    out = rerank(query_local, candidates, store, reranker)
-    return out, (time.perf_counter() - t0) * 1e3

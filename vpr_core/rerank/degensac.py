@@ -7,20 +7,20 @@ import time
 import numpy as np
 
 from vpr_core.local_features import LocalFeatures
-from vpr_core.rerank.base import RERANKERS, Reranker, Verification
-from vpr_core.rerank.matching import mutual_nn
+from vpr_core.rerank.base import RERANKERS, MatchingReranker, Verification
 
 MIN_MATCHES = 8  # the 7/8-point solvers need at least this many correspondences; fewer = unverified
 MODELS = ("fundamental", "homography")
 
 
-class DegensacReranker(Reranker):
+@RERANKERS.register("degensac")
+class DegensacReranker(MatchingReranker):
     name = "degensac"
 
     def __init__(self, min_inliers: int = 0, match_threshold: float = 0.0, ratio: float = 1.0,
                  px_threshold: float = 4.0, confidence: float = 0.999, max_iters: int = 1000,
                  model: str = "fundamental", seed: int = 0) -> None:
-        super().__init__(min_inliers)
+        super().__init__(min_inliers, match_threshold, ratio)
         if model not in MODELS:
             raise ValueError(f"rerank.model must be one of {MODELS}, got {model!r}")
         if px_threshold <= 0:
@@ -29,20 +29,14 @@ class DegensacReranker(Reranker):
             raise ValueError(f"rerank.confidence must be in (0, 1), got {confidence}")
         if max_iters < 1:
             raise ValueError(f"rerank.max_iters must be >= 1, got {max_iters}")
-        if not -1.0 <= match_threshold <= 1.0:
-            raise ValueError(f"rerank.match_threshold is a cosine similarity in [-1, 1], got {match_threshold}")
-        if not 0.0 < ratio <= 1.0:
-            raise ValueError(f"rerank.ratio must be in (0, 1] (1 = off), got {ratio}")
         import pydegensac  # imported here so that configs without DEGENSAC never need it
         self._pydegensac = pydegensac
-        self.match_threshold, self.ratio = float(match_threshold), float(ratio)
         self.px_threshold, self.confidence, self.max_iters = float(px_threshold), float(confidence), int(max_iters)
         self.model, self.seed = model, int(seed)  # fixed seed: the same pair always gives the same inliers
 
     def verify(self, query: LocalFeatures, candidate: LocalFeatures) -> Verification:
         t0 = time.perf_counter()
-        self.check_pair(query, candidate)
-        ia, ib, _ = mutual_nn(query.desc, candidate.desc, self.match_threshold, self.ratio)
+        ia, ib = self.matches(query, candidate)
         n = int(len(ia))
         v = Verification(self.name, False, num_matches=n, num_inliers=0)
         if n >= MIN_MATCHES:
@@ -63,8 +57,3 @@ class DegensacReranker(Reranker):
         v.time_ms = (time.perf_counter() - t0) * 1e3
         return v
 
-
-@RERANKERS.register("degensac")
-def _degensac(min_inliers: int = 0, match_threshold: float = 0.0, ratio: float = 1.0, px_threshold: float = 4.0,
-              confidence: float = 0.999, max_iters: int = 1000, model: str = "fundamental") -> DegensacReranker:
-    return DegensacReranker(min_inliers, match_threshold, ratio, px_threshold, confidence, max_iters, model)
