@@ -100,6 +100,14 @@ def _positives_folder(root, n=3):
     return root
 
 
+def _pairs_folder(root, n=3):
+    """Frame-synchronised traversals: winter/i.png and summer/i.png for i < n."""
+    for i in range(n):
+        _img(root / "winter" / f"{i}.png")
+        _img(root / "summer" / f"{i}.png")
+    return root
+
+
 def test_small_csv_positives_folder(tmp_path):
     root = _positives_folder(tmp_path / "mini")
     (root / "ground_truth.csv").write_text("query,positives\nquery/0.png,database/0.png database/1.png\n"
@@ -141,10 +149,7 @@ def test_csv_naming_a_missing_database_image(tmp_path):
 
 
 def test_pairs_csv_naming_a_missing_database_image(tmp_path):
-    root = tmp_path / "pairs"
-    for i in range(3):
-        _img(root / "winter" / f"{i}.png")
-        _img(root / "summer" / f"{i}.png")
+    root = _pairs_folder(tmp_path / "pairs", 3)
     (root / "ground_truth.csv").write_text("index,winter,summer\n0,winter/0.png,summer/0.png\n"
                                            "1,winter/1.png,summer/9.png\n")
     with pytest.raises(DatasetError, match="summer/9.png"):
@@ -152,10 +157,7 @@ def test_pairs_csv_naming_a_missing_database_image(tmp_path):
 
 
 def test_small_pairs_folder(tmp_path):
-    root = tmp_path / "pairs"
-    for i in range(4):
-        _img(root / "winter" / f"{i}.png")
-        _img(root / "summer" / f"{i}.png")
+    root = _pairs_folder(tmp_path / "pairs", 4)
     (root / "ground_truth.csv").write_text("index,winter,summer\n0,winter/0.png,summer/0.png\n"
                                            "1,winter/1.png,summer/1.png\n2,winter/3.png,summer/3.png\n")
     ds = load_dataset(root, tolerance=1)
