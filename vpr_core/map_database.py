@@ -18,13 +18,13 @@ import os
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence
 
 import faiss
 import numpy as np
 
 from vpr_core.local_features import LocalFeatures
-from vpr_core.registry import Registry
+from vpr_core.map_index import INDEX_TYPES  # noqa: F401 -- re-exported: map index types live there
 
 if TYPE_CHECKING:
     from vpr_core.rerank import Verification
@@ -70,23 +70,6 @@ class Candidate:
     @property
     def id(self) -> int:
         return self.keyframe.id
-
-
-INDEX_TYPES: Registry[Callable[[int], faiss.Index]] = Registry("map index")
-
-
-@INDEX_TYPES.register("flat")
-def _flat(dim: int) -> faiss.Index:
-    """Exact search: right for maps up to about a million keyframes."""
-    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-
-
-@INDEX_TYPES.register("hnsw")
-def _hnsw(dim: int, m: int = 32) -> faiss.Index:
-    """Approximate graph search (no training needed), for large maps where exact search is too slow."""
-    inner = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
-    inner.hnsw.efSearch = 128
-    return faiss.IndexIDMap2(inner)
 
 
 def gpu_usable() -> bool:

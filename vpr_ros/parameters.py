@@ -7,10 +7,10 @@ from typing import Any, Mapping
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 
-from vpr_core.config import TRISTATE_KEYS, Config, ConfigError, config_from_dict, flatten, unflatten
+from vpr_core.config import (FREEFORM_PREFIXES, TRISTATE_KEYS, Config, ConfigError, config_from_dict, flatten,
+                             unflatten)
 
-# Free-form sections: options under these prefixes go to the component's builder, which checks them.
-FREEFORM_PREFIXES = ("model.backbone.", "model.aggregator.", "model.head.", "model.local_head.")
+# Free-form sections (FREEFORM_PREFIXES): options under them go to the component's builder, which checks them.
 ROS_BUILTIN = {"use_sim_time", "start_type_description_service"}
 
 

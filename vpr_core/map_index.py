@@ -1,0 +1,153 @@
+"""The map's FAISS index types: how each is built, and how its serialized bytes are checked before FAISS reads them.
+
+`faiss.deserialize_index` trusts the length fields inside the bytes (it allocates what they claim before
+reading) and an HNSW graph's neighbour ids (a bad one is an out-of-bounds read at search time). So a map
+file's index is walked here first, for the layouts this package writes, and every length, id and level is
+checked against the header's descriptor size and count; only then does FAISS see it.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Callable, Dict, Tuple
+
+import faiss
+import numpy as np
+
+from vpr_core.registry import Registry
+
+
+class IndexFormatError(ValueError):
+    """Serialized index bytes do not have the layout their map header announces."""
+
+
+INDEX_TYPES: Registry[Callable[[int], faiss.Index]] = Registry("map index")
+
+
+@INDEX_TYPES.register("flat")
+def _flat(dim: int) -> faiss.Index:
+    """Exact search: right for maps up to about a million keyframes."""
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+@INDEX_TYPES.register("hnsw")
+def _hnsw(dim: int, m: int = 32) -> faiss.Index:
+    """Approximate graph search (no training needed), for large maps where exact search is too slow."""
+    inner = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+    inner.hnsw.efSearch = 128
+    return faiss.IndexIDMap2(inner)
+
+
+@dataclass(frozen=True)
+class IndexLayout:
+    """What a serialized index of one type looks like: its FAISS blocks outermost first, and how many
+    bytes a stored vector may take at most (descriptor, id and, for graphs, its links)."""
+    chain: Tuple[str, ...]
+    bytes_per_vector: Callable[[int], int]
+    fixed_bytes: int = 64 * 1024  # headers, level tables
+
+
+INDEX_LAYOUTS: Dict[str, IndexLayout] = {  # one per INDEX_TYPES name
+    "flat": IndexLayout(("IxM2", "IxFI"), lambda dim: 4 * dim + 8),
+    "hnsw": IndexLayout(("IxM2", "IHNf", "IxFI"), lambda dim: 4 * dim + 8 + 1024),  # ~65 links x 4 B on average
+}
+
+
+def max_index_bytes(index_type: str, dim: int, count: int) -> int:
+    """The most bytes a serialized index of `count` vectors of `dim` floats may take."""
+    layout = INDEX_LAYOUTS[index_type]
+    return layout.fixed_bytes + count * layout.bytes_per_vector(dim)
+
+
+class _Reader:
+    """Reads a FAISS byte stream, refusing any length that runs past the bytes there are."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = memoryview(data), 0
+
+    def take(self, n: int, what: str) -> memoryview:
+        if n < 0 or self.pos + n > len(self.data):
+            raise IndexFormatError(f"{what} needs {n} bytes at offset {self.pos}, the index has {len(self.data) - self.pos} left")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, fmt: str, what: str) -> tuple:
+        return struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt), what))
+
+    def vector(self, dtype: str, what: str) -> np.ndarray:
+        """A size_t count, then that many items (FAISS's READVECTOR; READXBVECTOR counts 4-byte groups)."""
+        (n,) = self.unpack("Q", what + " length")
+        itemsize = np.dtype(dtype).itemsize
+        if n > (len(self.data) - self.pos) // itemsize:
+            raise IndexFormatError(f"{what} claims {n} items, more than the {len(self.data) - self.pos} bytes left")
+        return np.frombuffer(self.take(n * itemsize, what), dtype="<" + dtype)
+
+
+def _header(r: _Reader, fourcc: str, dim: int, count: int) -> None:
+    d, ntotal, _, _, _, metric = r.unpack("iqqq?i", f"{fourcc} header")
+    if d != dim or ntotal != count:
+        raise IndexFormatError(f"{fourcc} block holds {ntotal} vectors of {d} floats, the header says {count} of {dim}")
+    if metric != faiss.METRIC_INNER_PRODUCT:
+        raise IndexFormatError(f"{fourcc} block uses metric {metric}, maps use inner product ({faiss.METRIC_INNER_PRODUCT})")
+
+
+def _flat_block(r: _Reader, dim: int, count: int) -> None:
+    codes = r.vector("f4", "flat vectors")
+    if codes.size != dim * count:
+        raise IndexFormatError(f"flat block stores {codes.size} floats, {count} vectors of {dim} need {dim * count}")
+    if not np.all(np.isfinite(codes)):
+        raise IndexFormatError("flat block holds NaN or inf values")
+
+
+def _hnsw_block(r: _Reader, dim: int, count: int) -> None:
+    r.vector("f8", "hnsw level probabilities")
+    cum = r.vector("i4", "hnsw neighbours per level").astype(np.int64)
+    levels = r.vector("i4", "hnsw levels").astype(np.int64)
+    offsets = r.vector("u8", "hnsw offsets")
+    neighbors = r.vector("i4", "hnsw neighbours")
+    entry, max_level, _, _, _ = r.unpack("iiiii", "hnsw search settings")
+    if len(cum) < 2 or cum[0] != 0 or np.any(np.diff(cum) < 0):
+        raise IndexFormatError("hnsw neighbours-per-level table is not a cumulative count")
+    if len(levels) != count or len(offsets) != count + 1 or (count and (levels.min() < 1 or levels.max() >= len(cum))):
+        raise IndexFormatError(f"hnsw levels/offsets do not describe {count} vectors")
+    if offsets[0] != 0 or np.any(np.diff(offsets.astype(np.int64)) != cum[levels]) or offsets[-1] != len(neighbors):
+        raise IndexFormatError("hnsw offsets do not match the levels")
+    top = int(levels.max()) - 1 if count else -1
+    if max_level != top or not (-1 <= entry < count) or (count and (entry < 0 or levels[entry] - 1 != top)):
+        raise IndexFormatError(f"hnsw entry point {entry} / top level {max_level} do not match the graph")
+    for start in range(0, count, 65536):  # each link must name a vector that lives on that link's level
+        stop = min(count, start + 65536)
+        a, b = int(offsets[start]), int(offsets[stop])
+        node = np.repeat(np.arange(start, stop), np.diff(offsets[start:stop + 1].astype(np.int64)))
+        slot_level = np.searchsorted(cum, np.arange(a, b) - offsets[node].astype(np.int64), side="right") - 1
+        nb = neighbors[a:b].astype(np.int64)
+        linked = nb >= 0
+        if np.any(nb < -1) or np.any(nb >= count) or np.any(levels[nb[linked]] <= slot_level[linked]):
+            raise IndexFormatError("hnsw graph links a vector that does not exist on that level")
+
+
+_BLOCKS: Dict[str, Callable[[_Reader, int, int], None]] = {"IxFI": _flat_block, "IHNf": _hnsw_block}
+
+
+def check_index_bytes(data: bytes, index_type: str, dim: int, count: int) -> np.ndarray:
+    """Walk a serialized index of `index_type` and return its keyframe ids (int64); raises IndexFormatError
+    unless every block, length, id and graph link is what `count` vectors of `dim` floats need."""
+    if index_type not in INDEX_LAYOUTS:
+        raise IndexFormatError(f"no reader for index type '{index_type}'; known: {', '.join(sorted(INDEX_LAYOUTS))}")
+    r = _Reader(data)
+    chain = INDEX_LAYOUTS[index_type].chain
+    for fourcc in chain:
+        got = bytes(r.take(4, "block tag")).decode("latin-1")
+        if got != fourcc:
+            raise IndexFormatError(f"expected a '{fourcc}' block for a {index_type} index, found '{got}'")
+        _header(r, fourcc, dim, count)
+        block = _BLOCKS.get(fourcc)
+        if block is not None:
+            block(r, dim, count)
+    ids = r.vector("i8", "id map")  # the IxM2 wrapper's ids follow its inner blocks
+    if len(ids) != count:
+        raise IndexFormatError(f"id map holds {len(ids)} ids for {count} vectors")
+    if r.pos != len(r.data):
+        raise IndexFormatError(f"{len(r.data) - r.pos} stray bytes after the index")
+    return ids.copy()
