@@ -2,7 +2,8 @@
 
 Incremental add, top-K search that skips the most recent keyframes (by count and by time), and a
 single-file save that is written to a temporary file and renamed, so a crash never leaves a
-half-written map. Loading checks magic, version, descriptor size and a checksum first.
+half-written map. The file format, and the checks on every field of it when loading, are in
+vpr_core.map_file; index types and their byte layout in vpr_core.map_index.
 
 Keyframes' local features (for re-ranking) live beside the index in a `LocalFeatureStore`: float16
 descriptors and float32 positions, saved in the same map file as `local.npz` (concatenated arrays
@@ -14,8 +15,6 @@ import hashlib
 import io
 import json
 import logging
-import os
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence
@@ -23,22 +22,16 @@ from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence
 import faiss
 import numpy as np
 
+from vpr_core.config import MAX_LOCAL_FEATURES
 from vpr_core.local_features import LocalFeatures
+from vpr_core.map_file import (DEFAULT_MAX_BYTES, INDEX_MEMBER, LOCAL_MEMBER, MAGIC, META_MEMBER,  # noqa: F401
+                               READABLE_VERSIONS, VERSION, MapError, read_map_file, read_npz, write_map_file)
 from vpr_core.map_index import INDEX_TYPES  # noqa: F401 -- re-exported: map index types live there
 
 if TYPE_CHECKING:
     from vpr_core.rerank import Verification
 
 log = logging.getLogger(__name__)
-
-MAGIC = "vpr_ros-map"
-VERSION = 2  # 2: local.npz (keyframes' local features) added
-READABLE_VERSIONS = (1, 2)
-LOCAL_MEMBER = "local.npz"  # member of the map file holding the local features
-
-
-class MapError(RuntimeError):
-    """A map file is unreadable, truncated, corrupt or was built for another descriptor size."""
 
 
 class DescriptorError(ValueError):
@@ -115,6 +108,9 @@ class LocalFeatureStore:
                                     f"(it was built with another local head; rebuild it or switch model)")
         if desc.shape[1] == 0:
             raise LocalFeatureError("local descriptors have no channels")
+        if len(desc) > MAX_LOCAL_FEATURES:
+            raise LocalFeatureError(f"{len(desc)} local features for one image, at most {MAX_LOCAL_FEATURES} are "
+                                    f"stored (lower model.max_local_features)")
         with np.errstate(over="ignore"):  # values beyond the float16/float32 range become inf: rejected below
             desc16 = desc.astype(np.float16)
             xy32 = xy.astype(np.float32)
@@ -154,8 +150,7 @@ class LocalFeatureStore:
     @classmethod
     def from_bytes(cls, data: bytes) -> "LocalFeatureStore":
         """Parse `to_bytes` output; raises ValueError on any inconsistency (never a partial store)."""
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in ("ids", "offsets", "xy", "desc", "image_hw", "dim")}
+        arrays = read_npz(data, _NPZ_SPEC)
         ids, offsets, xy, desc, hw = (arrays[k] for k in ("ids", "offsets", "xy", "desc", "image_hw"))
         dim = int(arrays["dim"])
         if (xy.dtype != np.float32 or desc.dtype != np.float16 or ids.ndim != 1 or offsets.shape != (len(ids) + 1,)
@@ -166,6 +161,8 @@ class LocalFeatureStore:
             raise ValueError("local.npz offsets do not partition its feature arrays")
         if len(set(ids.tolist())) != len(ids):
             raise ValueError("local.npz names a keyframe twice")
+        if np.any(np.diff(offsets) > MAX_LOCAL_FEATURES) or (len(hw) and hw.min() <= 0):
+            raise ValueError(f"local.npz holds more than {MAX_LOCAL_FEATURES} features for a keyframe or an empty image size")
         if not (np.all(np.isfinite(xy)) and np.all(np.isfinite(desc))):
             raise ValueError("local.npz holds NaN or inf values")
         store = cls(dim)
@@ -173,6 +170,10 @@ class LocalFeatureStore:
             a, b = int(offsets[k]), int(offsets[k + 1])
             store._items[int(kid)] = LocalFeatures(xy[a:b], desc[a:b], (int(hw[k, 0]), int(hw[k, 1])))
         return store
+
+
+_NPZ_SPEC = {"ids": ("i8", 1), "offsets": ("i8", 1), "xy": ("f4", 2), "desc": ("f2", 2), "image_hw": ("i8", 2),
+             "dim": ("i8", 0)}  # LocalFeatureStore.to_bytes' arrays: dtype, ndim
 
 
 @dataclass
@@ -270,11 +271,9 @@ class MapDatabase:
         """Stored descriptors of keyframes (exact for the flat index)."""
         return np.stack([self._cpu_index.reconstruct(int(i)) for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
 
-    # ---- persistence -------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
+    # ---- persistence (file format: vpr_core.map_file) ------------------------------------------
+    def save(self, path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
         """Write the map atomically: everything goes to `<path>.tmp`, is fsynced, then renamed."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         cpu = faiss.index_gpu_to_cpu(self._index) if self.on_gpu else self._cpu_index
         index_bytes = faiss.serialize_index(cpu).tobytes()
         meta = json.dumps({"order": self._order, "keyframes": [asdict(self.keyframes[i]) for i in self._order]}).encode()
@@ -284,72 +283,45 @@ class MapDatabase:
                   "sha256_meta": hashlib.sha256(meta).hexdigest(),
                   "local_dim": self.local.dim, "local_count": len(self.local),
                   "sha256_local": hashlib.sha256(local_bytes).hexdigest()}
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
-                zf.writestr("header.json", json.dumps(header))
-                zf.writestr("keyframes.json", meta)
-                zf.writestr("index.faiss", index_bytes)
-                zf.writestr(LOCAL_MEMBER, local_bytes)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
-        return path
+        return write_map_file(path, header, {META_MEMBER: meta, INDEX_MEMBER: index_bytes, LOCAL_MEMBER: local_bytes},
+                              max_bytes)
 
     @classmethod
-    def load(cls, path: str | Path, expected_dim: Optional[int] = None, use_gpu: str = "auto") -> "MapDatabase":
-        """Read a map file; raises MapError (never returns a partial map) if anything is off."""
-        path = Path(path)
+    def load(cls, path: str | Path, expected_dim: Optional[int] = None, use_gpu: str = "auto",
+             max_bytes: int = DEFAULT_MAX_BYTES) -> "MapDatabase":
+        """Read a map file; raises MapError, and nothing else, if anything is off (never a partial map)."""
+        contents = read_map_file(path, expected_dim, max_bytes)  # everything in the file checked
         try:
-            with zipfile.ZipFile(path) as zf:
-                header = json.loads(zf.read("header.json"))
-                meta = zf.read("keyframes.json")
-                index_bytes = zf.read("index.faiss")
-                version = header.get("version") if isinstance(header, dict) else None
-                local_bytes = zf.read(LOCAL_MEMBER) if version == 2 else None
-        except FileNotFoundError:
-            raise MapError(f"map file not found: {path}") from None
-        except Exception as exc:  # zipfile raises many types for damaged archives; all mean "corrupt"
-            raise MapError(f"map file {path} is truncated or corrupt ({type(exc).__name__}: {exc}); "
+            return cls._from_contents(contents, path, use_gpu)
+        except MapError:
+            raise
+        except Exception as exc:  # FAISS, numpy or memory errors on a checked file: still the file's fault
+            raise MapError(f"{path} could not be loaded ({type(exc).__name__}: {exc}); "
                            f"the in-memory map was left unchanged") from None
-        if header.get("magic") != MAGIC:
-            raise MapError(f"{path} is not a vpr_ros map file")
-        if header.get("version") not in READABLE_VERSIONS:
-            raise MapError(f"{path} has map format version {header.get('version')}, this build reads "
-                           f"{', '.join(map(str, READABLE_VERSIONS))}")
-        if expected_dim is not None and header["dim"] != expected_dim:
-            raise MapError(f"{path} holds {header['dim']}-D descriptors but the model produces {expected_dim}-D: "
-                           f"it was built with another model; rebuild the map or switch model")
-        if hashlib.sha256(index_bytes).hexdigest() != header["sha256_index"] or \
-                hashlib.sha256(meta).hexdigest() != header["sha256_meta"]:
-            raise MapError(f"{path} failed its checksum: the file is corrupt")
-        if local_bytes is not None and hashlib.sha256(local_bytes).hexdigest() != header.get("sha256_local"):
-            raise MapError(f"{path} failed its checksum (local features): the file is corrupt")
+
+    @classmethod
+    def _from_contents(cls, contents, path: str | Path, use_gpu: str) -> "MapDatabase":
+        header = contents.header
         db = cls(header["dim"], header["index_type"], use_gpu)
-        cpu = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
-        data = json.loads(meta)
-        if cpu.ntotal != header["count"] or len(data["order"]) != header["count"] or cpu.d != header["dim"]:
-            raise MapError(f"{path}: index holds {cpu.ntotal} vectors, metadata {len(data['order'])}, header {header['count']}")
+        cpu = faiss.deserialize_index(np.frombuffer(contents.index_bytes, dtype=np.uint8))
+        if cpu.ntotal != header["count"] or cpu.d != header["dim"]:
+            raise MapError(f"{path}: index holds {cpu.ntotal} vectors of {cpu.d}, header {header['count']} of {header['dim']}")
         db._cpu_index = cpu
         db._index = faiss.index_cpu_to_all_gpus(cpu) if db.on_gpu else cpu
-        db.keyframes = {kf["id"]: Keyframe(**kf) for kf in data["keyframes"]}
-        db._order = [int(i) for i in data["order"]]
-        db.id_floor = int(header.get("next_id", 0))
-        if local_bytes is not None:
+        db.keyframes = {kf["id"]: Keyframe(**kf) for kf in contents.keyframes}
+        db._order = list(contents.order)
+        db.id_floor = header.get("next_id", 0)
+        if contents.local_bytes is not None:
             try:
-                db.local = LocalFeatureStore.from_bytes(local_bytes)
-            except Exception as exc:  # numpy raises many types for a damaged npz
+                db.local = LocalFeatureStore.from_bytes(contents.local_bytes)
+            except Exception as exc:  # the arrays' own checks, or a damaged npz
                 raise MapError(f"{path}: its local features are unreadable ({type(exc).__name__}: {exc})") from None
             stray = set(db.local.ids()) - set(db.keyframes)
             lost = {k for k, kf in db.keyframes.items() if kf.local_features == LOCAL_MEMBER} - set(db.local.ids())
-            if stray or lost or len(db.local) != header.get("local_count") or \
-                    (len(db.local) and db.local.dim != header.get("local_dim")):
+            if stray or lost or len(db.local) != header["local_count"] or \
+                    (len(db.local) and db.local.dim != header["local_dim"]):
                 raise MapError(f"{path}: local features and keyframes disagree ({len(stray)} without a keyframe, "
-                               f"{len(lost)} missing, header count {header.get('local_count')}, stored {len(db.local)})")
+                               f"{len(lost)} missing, header count {header['local_count']}, stored {len(db.local)})")
             for kid in db.local.ids():
                 db.keyframes[kid].local_features = LOCAL_MEMBER
         return db
