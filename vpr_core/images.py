@@ -5,6 +5,7 @@ back, so the same code is unit-tested without ROS and used by the offline reader
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -15,6 +16,87 @@ import numpy as np
 
 class ImageError(ValueError):
     """An image could not be turned into RGB: corrupt bytes, wrong size, unsupported encoding."""
+
+
+class ImageTooLarge(ImageError):
+    """An image has more pixels than the caller allows (node.max_image_pixels); refused undecoded."""
+
+
+class OpenCVError(ImageError):
+    """OpenCV itself failed on an image (cv2.error), e.g. its own size limit or an internal assertion."""
+
+
+def check_pixels(width: int, height: int, max_pixels: int, what: str = "image") -> None:
+    """Raise ImageTooLarge if width x height exceeds max_pixels (0 = no limit)."""
+    if max_pixels and width * height > max_pixels:
+        raise ImageTooLarge(f"{what} is {width}x{height} = {width * height} pixels, above node.max_image_pixels "
+                            f"({max_pixels}); it was not decoded")
+
+
+# ---- image size from a compressed header, without decoding ------------------------------------------
+def _png_size(b: bytes) -> Optional[Tuple[int, int]]:
+    if len(b) < 24 or b[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", b[16:24])
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(b: bytes) -> Optional[Tuple[int, int]]:
+    """Walk the marker segments to the first frame header (SOFn): height and width are in it."""
+    i = 2
+    while i + 4 <= len(b):
+        if b[i] != 0xFF:
+            return None
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return None
+        (length,) = struct.unpack(">H", b[i + 2:i + 4])
+        if marker in _JPEG_SOF:
+            if length < 7 or i + 9 > len(b):
+                return None
+            height, width = struct.unpack(">HH", b[i + 5:i + 9])
+            return width, height
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
+def _bmp_size(b: bytes) -> Optional[Tuple[int, int]]:
+    if len(b) < 26:
+        return None
+    (dib,) = struct.unpack("<I", b[14:18])
+    if dib == 12:  # BITMAPCOREHEADER
+        return struct.unpack("<HH", b[18:22])
+    width, height = struct.unpack("<ii", b[18:26])
+    return abs(width), abs(height)  # negative height = rows stored top-down
+
+
+SIZE_READERS: Dict[bytes, Callable[[bytes], Optional[Tuple[int, int]]]] = {  # file signature -> header reader
+    b"\x89PNG\r\n\x1a\n": _png_size,
+    b"\xff\xd8": _jpeg_size,
+    b"BM": _bmp_size,
+}
+
+
+def compressed_size(data: Union[bytes, bytearray, memoryview, np.ndarray]) -> Optional[Tuple[int, int]]:
+    """(width, height) from a JPEG, PNG or BMP header without decoding; None for other or broken data."""
+    head = bytes(memoryview(data)[:1 << 16]) if not isinstance(data, np.ndarray) else data[:1 << 16].tobytes()
+    for signature, reader in SIZE_READERS.items():
+        if head.startswith(signature):
+            try:
+                return reader(head)
+            except struct.error:
+                return None
+    return None
 
 
 def _to8(img: np.ndarray) -> np.ndarray:
@@ -63,13 +145,15 @@ ENCODINGS: Dict[str, Encoding] = {
 
 
 def decode_raw(data: Union[bytes, bytearray, memoryview, np.ndarray], height: int, width: int,
-               encoding: str, step: int = 0, is_bigendian: bool = False) -> np.ndarray:
-    """Decode a `sensor_msgs/Image` buffer (honouring `step` row padding and endianness) to RGB uint8."""
+               encoding: str, step: int = 0, is_bigendian: bool = False, max_pixels: int = 0) -> np.ndarray:
+    """Decode a `sensor_msgs/Image` buffer (honouring `step` row padding and endianness) to RGB uint8;
+    more than `max_pixels` (0 = no limit) raises ImageTooLarge before any copy is made."""
     enc = ENCODINGS.get(encoding)
     if enc is None:
         raise ImageError(f"unsupported image encoding '{encoding}'; supported: {', '.join(sorted(ENCODINGS))}")
     if height <= 0 or width <= 0:
         raise ImageError(f"image has no pixels ({width}x{height})")
+    check_pixels(width, height, max_pixels, f"{encoding} image")
     dtype = np.dtype(enc.dtype).newbyteorder(">" if is_bigendian else "<")
     row_bytes = width * enc.channels * dtype.itemsize
     step = step or row_bytes
@@ -90,12 +174,25 @@ def decode_raw(data: Union[bytes, bytearray, memoryview, np.ndarray], height: in
         raise ImageError(f"cannot convert {width}x{height} {encoding} to RGB: {exc.err or exc}") from None
 
 
-def decode_compressed(data: Union[bytes, bytearray, memoryview, np.ndarray]) -> np.ndarray:
-    """Decode JPEG/PNG/... bytes (a `sensor_msgs/CompressedImage` payload or a file) to RGB uint8."""
+def decode_compressed(data: Union[bytes, bytearray, memoryview, np.ndarray], max_pixels: int = 0) -> np.ndarray:
+    """Decode JPEG/PNG/... bytes (a `sensor_msgs/CompressedImage` payload or a file) to RGB uint8.
+    With `max_pixels` (0 = no limit) the size is read from the header first and a larger image raises
+    ImageTooLarge undecoded (a few bytes can claim gigapixels); OpenCV failures raise OpenCVError."""
     buf = np.frombuffer(data, dtype=np.uint8)
     if buf.size == 0:
         raise ImageError("compressed image is empty")
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if max_pixels:
+        size = compressed_size(buf)
+        if size is None:
+            raise ImageError(f"cannot read the size of this compressed image ({buf[:8].tobytes()!r}...) before "
+                             f"decoding: JPEG, PNG and BMP sizes are read; set node.max_image_pixels: 0 to decode "
+                             f"any format OpenCV knows")
+        check_pixels(*size, max_pixels, "compressed image")
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise OpenCVError(f"OpenCV could not decode the compressed image ({buf.size} bytes): "
+                          f"{(exc.err or str(exc)).strip()}") from None
     if img is None:
         raise ImageError(f"compressed image ({buf.size} bytes) could not be decoded: corrupt or unknown format")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
