@@ -152,3 +152,13 @@ class LoopClosureDetector:
             sim = float(np.dot(self._last_kf_desc, d) / (np.linalg.norm(d) + 1e-12))  # cosine
             return sim < self.cfg.keyframe_max_similarity
         return True
+
+    @property
+    def next_id(self) -> int:
+        """The id the next frame gets (ids only grow; the map saves it as its id floor)."""
+        return self._next_id
+
+    def skip_ids_below(self, floor: int) -> None:
+        """Never hand out an id below `floor` (ids a previous run already used)."""
+        self._next_id = max(self._next_id, int(floor))
+        self.db.id_floor = max(self.db.id_floor, self._next_id)

@@ -11,17 +11,39 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Deque, List, Optional
+from typing import Any, Deque, List, Mapping, Optional, Tuple
 
+import cv2
 import numpy as np
 
 from vpr_core.config import Config, ConfigError
 from vpr_core.detector import FrameResult, LoopClosureDetector
+from vpr_core.id_floor import IdFloor
+from vpr_core.images import ImageError, ImageTooLarge, OpenCVError
 from vpr_core.local_features import LocalFeatures
-from vpr_core.map_database import MapDatabase, MapError
+from vpr_core.map_database import DescriptorError, MapDatabase, MapError
 from vpr_core.models import DescriptorExtractor
 
 log = logging.getLogger(__name__)
+
+# Why a frame was not processed: exception type -> stable reason name (first match wins). Besides
+# these, "queue_full" (the model fell behind; the oldest waiting frame was dropped) and "error"
+# (anything else). PipelineStats.dropped counts by these names; frames lost before they arrived
+# are estimated separately (PipelineStats.lost_estimate).
+DROP_REASONS: Tuple[Tuple[type, str], ...] = (
+    (ImageTooLarge, "too_large"),  # over node.max_image_pixels, refused undecoded
+    (OpenCVError, "opencv_error"),  # OpenCV failed while decoding
+    (cv2.error, "opencv_error"),  # OpenCV failed anywhere else (conversion, resize)
+    (ImageError, "bad_image"),  # corrupt bytes, unsupported encoding, wrong buffer size
+    (DescriptorError, "bad_descriptor"),  # NaN/inf/zero descriptor or bad local features
+)
+# Run-time settable (validated first by Config.validate): the detector reads them per frame.
+RUNTIME_SETTINGS = ("detector.loop_threshold", "detector.top_k", "detector.temporal_consistency", "rerank.min_inliers")
+
+
+def drop_reason(exc: BaseException) -> str:
+    """The stable drop-reason name for an exception raised while handling one frame."""
+    return next((reason for kind, reason in DROP_REASONS if isinstance(exc, kind)), "error")
 
 
 @dataclass
@@ -30,14 +52,15 @@ class PipelineStats:
     keyframes: int = 0
     place_matches: int = 0
     loop_closures: int = 0
-    dropped: Counter = field(default_factory=Counter)  # reason -> count of frames not processed
+    dropped: Counter = field(default_factory=Counter)  # reason (DROP_REASONS, queue_full, error) -> frames
+    lost_estimate: int = 0  # frames estimated lost before they arrived (gaps in header stamps)
     latencies_ms: Deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)  # recent frames
     rerank_ms: Deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)  # re-ranked frames
 
     def summary(self) -> dict:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         return {"frames": self.frames, "keyframes": self.keyframes, "loop_closures": self.loop_closures,
-                "dropped": dict(self.dropped), "latency_ms_median": float(np.median(lat)),
+                "dropped": dict(self.dropped), "lost_estimate": self.lost_estimate, "latency_ms_median": float(np.median(lat)),
                 "latency_ms_p95": float(np.percentile(lat, 95)),
                 "rerank_ms_median": float(np.median(self.rerank_ms)) if self.rerank_ms else 0.0}
 
@@ -61,6 +84,7 @@ class PlaceRecognizer:
         head = getattr(getattr(self.extractor, "model", None), "local_head", None)
         self._local_dim = int(getattr(head, "out_dim", 0) or 0)
         self._lock = threading.Lock()
+        self._ids: Optional[IdFloor] = None
 
     def describe(self, images: List[np.ndarray]) -> np.ndarray:
         return self.extractor(images)
@@ -79,6 +103,8 @@ class PlaceRecognizer:
                            t0: Optional[float] = None, local: Optional[LocalFeatures] = None) -> FrameResult:
         t0 = time.perf_counter() if t0 is None else t0
         with self._lock:
+            if self._ids is not None:
+                self._ids.reserve(self.detector.next_id)  # durable before the id is published
             result = self.detector.process(desc, stamp_ns, frame_id, local=local)
         result.place_match.latency_ms = (time.perf_counter() - t0) * 1e3
         s = self.stats
@@ -96,13 +122,45 @@ class PlaceRecognizer:
         self.stats.dropped[reason] += 1
         return self.stats.dropped[reason]
 
+    def count_lost(self, n: int) -> None:
+        """Count frames estimated lost before they arrived (vpr_core.frame_gaps)."""
+        self.stats.lost_estimate += int(n)
+
+    def track_ids(self, floor: Optional[IdFloor]) -> int:
+        """Persist handed-out ids through `floor` (None = stop) and skip every id it says was used;
+        returns the next id."""
+        with self._lock:
+            self._ids = floor
+            if floor is not None:
+                self.detector.skip_ids_below(floor.read())
+            return self.detector.next_id
+
+    def settle_ids(self) -> None:
+        """Clean shutdown: record the exact next id, so a restart continues without a gap."""
+        with self._lock:
+            if self._ids is not None:
+                self._ids.settle(self.detector.next_id)
+
+    def apply_settings(self, changes: Mapping[str, Any]) -> None:
+        """Adopt already validated run-time settings (RUNTIME_SETTINGS keys) from the next frame on."""
+        unknown = set(changes) - set(RUNTIME_SETTINGS)
+        if unknown:
+            raise KeyError(f"{sorted(unknown)} cannot change at run time; settable: {', '.join(RUNTIME_SETTINGS)}")
+        with self._lock:
+            for key, value in changes.items():
+                section, name = key.split(".")
+                setattr(getattr(self.cfg, section), name, value)  # the detector holds these same sections
+            if self.detector.reranker is not None:
+                self.detector.reranker.min_inliers = self.cfg.rerank.min_inliers
+
     def save_map(self, path: str | Path) -> Path:
         with self._lock:
-            return self.db.save(path)
+            return self.db.save(path, self.cfg.map.max_file_mb << 20)
 
     def load_map(self, path: str | Path) -> int:
         """Replace the map with the file's; on any error the current map is kept and MapError raised."""
-        db = MapDatabase.load(path, expected_dim=self.extractor.dim, use_gpu=self.cfg.map.use_gpu)
+        db = MapDatabase.load(path, expected_dim=self.extractor.dim, use_gpu=self.cfg.map.use_gpu,
+                              max_bytes=self.cfg.map.max_file_mb << 20)
         with self._lock:
             if self._local_dim and len(db.local) and db.local.dim != self._local_dim:
                 raise MapError(f"{path} holds {db.local.dim}-D local features but the model produces "
