@@ -184,9 +184,9 @@ def decode_compressed(data: Union[bytes, bytearray, memoryview, np.ndarray], max
     if max_pixels:
         size = compressed_size(buf)
         if size is None:
-            raise ImageError(f"cannot read the size of this compressed image ({buf[:8].tobytes()!r}...) before "
-                             f"decoding: JPEG, PNG and BMP sizes are read; set node.max_image_pixels: 0 to decode "
-                             f"any format OpenCV knows")
+            raise ImageError(f"compressed image ({buf.size} bytes, starting {buf[:4].tobytes()!r}) could not be "
+                             f"decoded: its size cannot be read before decoding (JPEG, PNG and BMP headers are read; "
+                             f"set node.max_image_pixels: 0 to decode any format OpenCV knows)")
         check_pixels(*size, max_pixels, "compressed image")
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR)

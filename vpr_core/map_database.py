@@ -17,7 +17,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import faiss
 import numpy as np
@@ -272,8 +272,8 @@ class MapDatabase:
         return np.stack([self._cpu_index.reconstruct(int(i)) for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
 
     # ---- persistence (file format: vpr_core.map_file) ------------------------------------------
-    def save(self, path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
-        """Write the map atomically: everything goes to `<path>.tmp`, is fsynced, then renamed."""
+    def snapshot(self) -> Tuple[Dict[str, Any], Dict[str, bytes]]:
+        """The map file's header and members as bytes (fast; writing them is the slow part)."""
         cpu = faiss.index_gpu_to_cpu(self._index) if self.on_gpu else self._cpu_index
         index_bytes = faiss.serialize_index(cpu).tobytes()
         meta = json.dumps({"order": self._order, "keyframes": [asdict(self.keyframes[i]) for i in self._order]}).encode()
@@ -283,8 +283,11 @@ class MapDatabase:
                   "sha256_meta": hashlib.sha256(meta).hexdigest(),
                   "local_dim": self.local.dim, "local_count": len(self.local),
                   "sha256_local": hashlib.sha256(local_bytes).hexdigest()}
-        return write_map_file(path, header, {META_MEMBER: meta, INDEX_MEMBER: index_bytes, LOCAL_MEMBER: local_bytes},
-                              max_bytes)
+        return header, {META_MEMBER: meta, INDEX_MEMBER: index_bytes, LOCAL_MEMBER: local_bytes}
+
+    def save(self, path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
+        """Write the map atomically: everything goes to `<path>.tmp`, is fsynced, then renamed."""
+        return write_map_file(path, *self.snapshot(), max_bytes)
 
     @classmethod
     def load(cls, path: str | Path, expected_dim: Optional[int] = None, use_gpu: str = "auto",

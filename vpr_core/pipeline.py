@@ -22,6 +22,7 @@ from vpr_core.id_floor import IdFloor
 from vpr_core.images import ImageError, ImageTooLarge, OpenCVError
 from vpr_core.local_features import LocalFeatures
 from vpr_core.map_database import DescriptorError, MapDatabase, MapError
+from vpr_core.map_file import write_map_file
 from vpr_core.models import DescriptorExtractor
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class PlaceRecognizer:
         head = getattr(getattr(self.extractor, "model", None), "local_head", None)
         self._local_dim = int(getattr(head, "out_dim", 0) or 0)
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()  # one save at a time (service, periodic, shutdown)
         self._ids: Optional[IdFloor] = None
 
     def describe(self, images: List[np.ndarray]) -> np.ndarray:
@@ -154,8 +156,11 @@ class PlaceRecognizer:
                 self.detector.reranker.min_inliers = self.cfg.rerank.min_inliers
 
     def save_map(self, path: str | Path) -> Path:
-        with self._lock:
-            return self.db.save(path, self.cfg.map.max_file_mb << 20)
+        """Save the map atomically; frames are held up only while it is copied, not while it is written."""
+        with self._save_lock:
+            with self._lock:
+                header, members = self.db.snapshot()
+            return write_map_file(path, header, members, self.cfg.map.max_file_mb << 20)
 
     def load_map(self, path: str | Path) -> int:
         """Replace the map with the file's; on any error the current map is kept and MapError raised."""

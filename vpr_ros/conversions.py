@@ -21,12 +21,14 @@ def to_time(ns: int) -> Time:
     return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
 
 
-def image_to_rgb(msg: Image) -> np.ndarray:
-    return decode_raw(msg.data, msg.height, msg.width, msg.encoding, msg.step, bool(msg.is_bigendian))
+def image_to_rgb(msg: Image, max_pixels: int = 0) -> np.ndarray:
+    """RGB uint8 from a raw Image; more than max_pixels (0 = no limit) raises ImageTooLarge undecoded."""
+    return decode_raw(msg.data, msg.height, msg.width, msg.encoding, msg.step, bool(msg.is_bigendian), max_pixels)
 
 
-def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
-    return decode_compressed(msg.data)
+def compressed_to_rgb(msg: CompressedImage, max_pixels: int = 0) -> np.ndarray:
+    """RGB uint8 from a CompressedImage; the size is read from its header first when max_pixels is set."""
+    return decode_compressed(msg.data, max_pixels)
 
 
 def rgb_to_image(rgb: np.ndarray, stamp_ns: int, frame_id: str, encoding: str = "rgb8") -> Image:

@@ -2,30 +2,34 @@
 
 The executor thread only converts and enqueues; a worker thread runs the model so callbacks
 never block. The queue is bounded: when the model falls behind, the oldest frame is dropped
-and counted. Bad frames are dropped and counted, never fatal; the map survives restarts.
+and counted. Bad frames are dropped and counted by reason, never fatal; oversized frames are
+refused before decoding; the map survives restarts and crashes (vpr_ros.map_service).
 """
 from __future__ import annotations
 
 import queue
 import sys
 import threading
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import rclpy
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
 
-from vpr_core.images import ImageError
-from vpr_core.map_database import DescriptorError, MapError
-from vpr_core.pipeline import PlaceRecognizer
+from vpr_core.config import ConfigError
+from vpr_core.frame_gaps import GapEstimator
+from vpr_core.map_paths import MapPathError
+from vpr_core.pipeline import PlaceRecognizer, drop_reason
 from vpr_msgs.msg import LoopClosure, PlaceMatch
 from vpr_msgs.srv import LoadMap, SaveMap
 from vpr_ros.conversions import (compressed_to_rgb, image_to_rgb, loop_closure_msg, place_match_msg, to_ns)
-from vpr_ros.parameters import declare_config
+from vpr_ros.map_service import MapFiles, guarded
+from vpr_ros.parameters import declare_config, parameter_changes
+from vpr_ros.qos import subscription_qos
 
 Frame = tuple  # (decode: Callable[[], np.ndarray], stamp_ns: int, frame_id: str)
 
@@ -42,31 +46,41 @@ class LoopClosureNode(Node):
                                + (f"{rr.method} of the top {rr.top_k}, closures need >= {rr.min_inliers} "
                                   f"{'inliers' if rr.method == 'degensac' else 'mutual matches'}"
                                   if rr.method != "none" else "off"))
-        self._autoload()
+        self.maps = MapFiles(self.recognizer, self.cfg.map, self.get_logger())
+        self.maps.start()  # stale temporaries removed, map autoloaded (or moved aside), ids made durable
         reliable = QoSProfile(depth=100)
         n = self.cfg.node
         self.pub_match = self.create_publisher(PlaceMatch, n.place_match_topic, reliable)
         self.pub_closure = self.create_publisher(LoopClosure, n.loop_closure_topic, reliable)
-        self.create_subscription(Image, n.image_topic, self._on_image, qos_profile_sensor_data)
+        qos = subscription_qos(n.qos, n.queue_size)
+        self._gaps = {topic: GapEstimator(n.loss_gap_factor, n.loss_window) for topic in ("raw", "compressed")}
+        self.create_subscription(Image, n.image_topic, self._on_image, qos)
         if n.compressed_topic:
-            self.create_subscription(CompressedImage, n.compressed_topic, self._on_compressed, qos_profile_sensor_data)
-        self.create_service(SaveMap, "~/save_map", self._on_save)
-        self.create_service(LoadMap, "~/load_map", self._on_load)
+            self.create_subscription(CompressedImage, n.compressed_topic, self._on_compressed, qos)
+        keyframes = lambda: len(self.recognizer.db)  # noqa: E731
+        self.create_service(SaveMap, "~/save_map", guarded(self.maps.handle_save, self.get_logger(), keyframes))
+        self.create_service(LoadMap, "~/load_map", guarded(self.maps.handle_load, self.get_logger(), keyframes))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._queue: "queue.Queue[Optional[Frame]]" = queue.Queue(maxsize=max(1, n.queue_size))
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="vpr_worker", daemon=True)
         self._worker.start()
 
     # ---- input -------------------------------------------------------------------------------
-    def _stamp(self, header) -> int:
+    def _stamp(self, header, stream: str) -> int:
         ns = to_ns(header.stamp)
+        if ns > 0:
+            self.recognizer.count_lost(self._gaps[stream].observe(ns))  # frames that never arrived
         return ns if ns > 0 else self.get_clock().now().nanoseconds
 
     def _on_image(self, msg: Image) -> None:
-        self._enqueue((lambda: image_to_rgb(msg), self._stamp(msg.header), msg.header.frame_id))
+        limit = self.cfg.node.max_image_pixels
+        self._enqueue((lambda: image_to_rgb(msg, limit), self._stamp(msg.header, "raw"), msg.header.frame_id))
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        self._enqueue((lambda: compressed_to_rgb(msg), self._stamp(msg.header), msg.header.frame_id))
+        limit = self.cfg.node.max_image_pixels
+        self._enqueue((lambda: compressed_to_rgb(msg, limit), self._stamp(msg.header, "compressed"),
+                       msg.header.frame_id))
 
     def _enqueue(self, frame: Frame) -> None:
         while True:
@@ -98,15 +112,12 @@ class LoopClosureNode(Node):
         try:
             rgb = decode()
             result = self.recognizer.process(rgb, stamp_ns, frame_id or self.cfg.node.default_frame_id)
-        except (ImageError, DescriptorError) as exc:
-            reason = "bad_image" if isinstance(exc, ImageError) else "bad_descriptor"
+        except Exception as exc:  # never let one frame kill the node: drop it, counted by reason
+            reason = drop_reason(exc)
             count = self.recognizer.drop(reason)
-            self.get_logger().warning(f"dropped frame at {stamp_ns} ns ({reason}, {count} so far): {exc}",
+            why = str(exc).strip() if reason != "error" else f"{type(exc).__name__}: {exc}"
+            self.get_logger().warning(f"dropped frame at {stamp_ns} ns ({reason}, {count} so far): {why}",
                                       throttle_duration_sec=2.0)
-            return
-        except Exception as exc:  # never let one frame kill the node
-            count = self.recognizer.drop("error")
-            self.get_logger().error(f"frame at {stamp_ns} ns failed ({count} so far): {type(exc).__name__}: {exc}")
             return
         if not self.context.ok():  # shutting down: the map keeps the frame, nobody is listening
             return
@@ -120,60 +131,34 @@ class LoopClosureNode(Node):
             self.get_logger().info(f"loop closure: frame {lc.query.id} <-> keyframe {lc.match.id} "
                                    f"(score {lc.score:.3f}{checked})")
 
-    # ---- map services ------------------------------------------------------------------------
-    def _map_path(self, requested: str) -> Optional[Path]:
-        path = requested or self.cfg.map.path
-        return Path(path).expanduser() if path else None
-
-    def _on_save(self, request: SaveMap.Request, response: SaveMap.Response) -> SaveMap.Response:
-        path = self._map_path(request.path)
-        if path is None:
-            response.success, response.message = False, "no path given and map.path is empty"
-            return response
+    # ---- run-time parameters ---------------------------------------------------------------------
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """`ros2 param set`: thresholds, top_k, temporal consistency, min_inliers and map.path apply from
+        the next frame (checked by the same rules as at start); anything else is refused with the reason."""
         try:
-            self.recognizer.save_map(path)
-            response.success, response.message = True, f"saved to {path}"
-        except OSError as exc:
-            response.success, response.message = False, f"could not save to {path}: {exc}"
-        response.num_keyframes = len(self.recognizer.db)
-        return response
-
-    def _on_load(self, request: LoadMap.Request, response: LoadMap.Response) -> LoadMap.Response:
-        path = self._map_path(request.path)
-        if path is None:
-            response.success, response.message = False, "no path given and map.path is empty"
-        else:
-            try:
-                self.recognizer.load_map(path)
-                response.success, response.message = True, f"loaded {path}"
-            except MapError as exc:
-                response.success, response.message = False, f"{exc} (kept the current map)"
-        response.num_keyframes = len(self.recognizer.db)
-        return response
-
-    def _autoload(self) -> None:
-        path = self._map_path("")
-        if path is None or not self.cfg.map.autoload or not path.exists():
-            return
-        try:
-            n = self.recognizer.load_map(path)
-            self.get_logger().info(f"loaded map {path}: {n} keyframes")
-        except MapError as exc:
-            self.get_logger().error(f"{exc}; starting with an empty map (the file is left untouched)")
+            changes = parameter_changes(self.cfg, params)
+            if changes.get("map.path"):
+                self.maps.resolve(changes["map.path"])  # confined to map.directory, or refused
+            self.recognizer.apply_settings({k: v for k, v in changes.items() if k != "map.path"})
+            if "map.path" in changes:
+                self.maps.set_path(changes["map.path"])
+        except (ConfigError, MapPathError) as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        if changes:
+            self.get_logger().info(f"parameters changed at run time: {changes}")
+        return SetParametersResult(successful=True)
 
     def shutdown(self) -> None:
         """Finish queued frames, stop the worker, save the map if configured."""
         self._queue.put(None)
         self._worker.join(timeout=30.0)
         self._stop.set()
-        path = self._map_path("")
-        if path is not None and self.cfg.map.autosave:
-            self.recognizer.save_map(path)
-            self.get_logger().info(f"saved map {path}: {len(self.recognizer.db)} keyframes")
+        self.maps.shutdown()  # autosave (never over a foreign or unreadable file), exact next id recorded
         s = self.recognizer.stats.summary()
         self.get_logger().info(f"processed {s['frames']} frames, {s['keyframes']} keyframes, "
-                               f"{s['loop_closures']} loop closures, dropped {s['dropped']}; latency median "
-                               f"{s['latency_ms_median']:.1f} ms, p95 {s['latency_ms_p95']:.1f} ms")
+                               f"{s['loop_closures']} loop closures, dropped {s['dropped']}, lost (estimated) "
+                               f"{s['lost_estimate']}; latency median {s['latency_ms_median']:.1f} ms, "
+                               f"p95 {s['latency_ms_p95']:.1f} ms")
 
 
 def main(args=None) -> int:

@@ -86,3 +86,13 @@ def test_config_files_declare_the_same_config_through_ros(path):
         rclpy.shutdown(context=ctx)
     assert cfg == load_config(path)
     assert {"rerank.method", "rerank.top_k", "rerank.min_inliers", "rerank.px_threshold"} <= declared
+
+
+@pytest.mark.parametrize("section,key,value", [("node", "queue_size", 0), ("detector", "exclude_recent_count", -1),
+                                               ("model", "precision", "fp64"), ("node", "qos", "fast")])
+def test_out_of_range_parameter_stops_the_node_naming_it(start_node, node_params, tmp_path, section, key, value):
+    params = params_with(node_params, tmp_path / "range.yaml", section, key, value)
+    run = start_node(tmp_path, "range", params_file=params, wait=False)
+    rc = run.wait_exit(60.0)
+    assert rc is not None and rc != 0, f"the node ran with {section}.{key} = {value!r}:\n{run.log_tail()}"
+    assert f"parameter '{section}.{key}' = {value!r} is invalid" in run.log_text(), run.log_tail()
