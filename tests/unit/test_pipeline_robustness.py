@@ -2,7 +2,6 @@
 (stamp gaps), ids that survive kill -9 (write-ahead id floor file) and settings changed at run time."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
