@@ -193,6 +193,7 @@ def validate_keyframes(meta: Any, count: int, where: str) -> Tuple[List[int], Li
 def read_npz(data: bytes, spec: Mapping[str, Tuple[str, int]]) -> Dict[str, np.ndarray]:
     """Arrays {name: (dtype, ndim)} from an uncompressed npz; every member's header must declare exactly
     the bytes it holds, no pickles. Raises ValueError (never allocates more than the data's size)."""
+    _check_directory(io.BytesIO(data), len(data))
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         infos = {i.filename: i for i in zf.infolist()}
         if len(infos) != len(zf.infolist()) or set(infos) != {f"{k}.npy" for k in spec}:
@@ -236,18 +237,17 @@ def _open_regular(path: Path, max_bytes: int) -> Tuple[BinaryIO, int]:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
             st = os.fstat(fd)  # the path may have been swapped for something else in between
         if not stat.S_ISREG(st.st_mode):
-            kind = next((name for test, name in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
+            kind = next((name for test, name in _NOT_REGULAR if test(st.st_mode)), "something else")
             raise MapError(f"{path} is {kind}, not a regular file: refusing to read it as a map")
-    except OSError as exc:
-        raise MapError(f"cannot read map file {path}: {exc.strerror}") from None
-    except MapError:
+        if st.st_size > max_bytes:
+            raise MapError(f"{path} is {st.st_size / 2**20:.1f} MB, above map.max_file_mb "
+                           f"({max_bytes / 2**20:.0f} MB); raise map.max_file_mb if the map is really that large")
+    except (OSError, MapError) as exc:
         if fd >= 0:
             os.close(fd)
-        raise
-    if st.st_size > max_bytes:
-        os.close(fd)
-        raise MapError(f"{path} is {st.st_size / 2**20:.1f} MB, above map.max_file_mb ({max_bytes / 2**20:.0f} MB); "
-                       f"raise map.max_file_mb if the map is really that large")
+        if isinstance(exc, MapError):
+            raise
+        raise MapError(f"cannot read map file {path}: {exc.strerror}") from None
     return os.fdopen(fd, "rb"), st.st_size
 
 

@@ -401,3 +401,19 @@ def test_is_map_file_tells_maps_from_other_files(tmp_path, saved):
     assert not is_map_file(tmp_path / "missing")
     assert not is_map_file(tmp_path)
     assert not is_map_file("/dev/null")
+
+
+def test_local_features_with_a_huge_zip_directory_are_refused_without_parsing_it(saved):
+    """100k tiny entries: zipfile would build 100k ZipInfo objects (~50 MB) before any name check."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for k in range(100_000):
+            zf.writestr(f"{k}.npy", b"")
+    rewrite(saved, members(saved) | {"local.npz": buf.getvalue()}, local_count=6)  # a header that allows its size
+    tracemalloc.start()
+    try:
+        refused(saved, "local features")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * len(buf.getvalue()) + (4 << 20), f"{peak >> 20} MB to refuse it"
