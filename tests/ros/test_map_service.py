@@ -84,3 +84,23 @@ def test_service_handlers_refuse_paths_outside_the_directory(tmp_path, requested
     assert not res.success and "outside map.directory" in res.message and res.num_keyframes == 0
     res = files.handle_load(SimpleNamespace(path=requested), SimpleNamespace())
     assert not res.success and "kept the current map" in res.message
+
+
+def test_a_map_path_outside_an_explicit_directory_stops_the_start(tmp_path):
+    from vpr_core.map_paths import MapPathError
+    files, _ = _files(tmp_path, **{"map.directory": str(tmp_path / "maps")})
+    with pytest.raises(MapPathError, match="outside map.directory"):
+        files.start()
+
+
+def test_map_path_changed_at_run_time_moves_saves_and_the_id_floor(tmp_path):
+    (tmp_path / "maps").mkdir()
+    files, pr = _files(tmp_path, **{"map.path": str(tmp_path / "maps" / "a.vprmap"), "map.autosave_period_s": 0.0})
+    files.start()
+    pr.process_descriptor(np.ones(DIM), 1, "cam")
+    files.set_path("b.vprmap")  # relative: inside the map folder
+    pr.process_descriptor(np.full(DIM, 2.0) + np.arange(DIM), 2, "cam")
+    files.shutdown()
+    assert not (tmp_path / "maps" / "a.vprmap").exists()
+    assert len(MapDatabase.load(tmp_path / "maps" / "b.vprmap")) == 2
+    assert (tmp_path / "maps" / "b.vprmap.ids").read_text().count('"next_id": 2') == 1
