@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Union
+from typing import Any, Dict, List, Mapping, Union
 
 import yaml
+
+from vpr_core.config_rules import (CONFIG_RULES, INTERPOLATIONS, MAX_INPUT_PIXELS, MAX_LOCAL_FEATURES,  # noqa: F401
+                                   PRECISIONS, QOS_PROFILES, Rule)
 
 
 class ConfigError(ValueError):
@@ -119,8 +119,8 @@ class Config:
         return dataclasses.asdict(self)
 
     def validate(self) -> "Config":
-        """Check every value against CONFIG_RULES; raises ConfigError naming the first bad parameter.
-        Run when a Config is built and on every run-time change, so a bad value never reaches a component."""
+        """Check every value against CONFIG_RULES (vpr_core.config_rules); raises ConfigError naming the first
+        bad parameter. Run when a Config is built and on every run-time change, so no bad value reaches a component."""
         values = flatten(self.to_dict())
         for key, rule in CONFIG_RULES.items():
             value = values[key]
@@ -200,96 +200,6 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     return _build(Config, unwrap_ros_params(data or {}), "").validate()
 
 
-# ---- value rules: parameter -> what a valid value is -----------------------------------------------
-MAX_LOCAL_FEATURES = 65536  # most local features one image may keep (bounds map files on load too)
-MAX_INPUT_PIXELS = 2048 * 2048  # network input height x width
-PRECISIONS = ("fp32", "fp16", "bf16")
-INTERPOLATIONS = ("area", "linear", "cubic")  # vpr_core.models.preprocess
-QOS_PROFILES = ("sensor_data", "reliable")  # vpr_ros maps each name to a subscription QoS
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A check on one parameter's value and, for the error message, what a valid value is."""
-    check: Callable[[Any], bool]
-    expect: str
-
-    def holds(self, value: Any) -> bool:
-        try:
-            return bool(self.check(value))
-        except (TypeError, ValueError):
-            return False
-
-
-def _between(lo: float, hi: float = math.inf, what: str = "") -> Rule:
-    bound = f">= {lo}" if hi == math.inf else f"in [{lo}, {hi}]"
-    return Rule(lambda v: lo <= v <= hi, bound + (f" ({what})" if what else ""))
-
-
-def _open(lo: float, hi: float, what: str = "") -> Rule:
-    return Rule(lambda v: lo < v < hi, f"in ({lo}, {hi})" + (f" ({what})" if what else ""))
-
-
-def _one_of(*names: str) -> Rule:
-    return Rule(lambda v: v in names, "one of " + ", ".join(names))
-
-
-def _registered(module: str, registry: str, *extra: str) -> Rule:
-    """A name in a vpr_core registry (imported when checked, so this module stays light)."""
-    def names() -> List[str]:
-        return [*extra, *getattr(importlib.import_module(module), registry).names()]
-    return Rule(lambda v: v in names(), f"a name registered in {module}.{registry} (or {', '.join(extra) or '-'})")
-
-
-def _numbers(count: int, positive: bool = False) -> Callable[[Any], bool]:
-    return lambda v: len(v) in (0, count) and all(math.isfinite(x) and (x > 0 or not positive) for x in v)
-
-
-def _image_size(v: List[int]) -> bool:
-    return len(v) == 2 and all(8 <= s <= 8192 for s in v) and v[0] * v[1] <= MAX_INPUT_PIXELS
-
-
-CONFIG_RULES: Dict[str, Rule] = {
-    "model.max_local_features": _between(1, MAX_LOCAL_FEATURES),
-    "model.device": Rule(lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None, "auto, cpu, cuda or cuda:N"),
-    "model.precision": _one_of(*PRECISIONS),
-    "model.batch_size": _between(1, 1024),
-    "model.preprocess.image_size": Rule(_image_size, f"[height, width], each 8..8192, at most {MAX_INPUT_PIXELS} "
-                                                     f"pixels in all"),
-    "model.preprocess.mean": Rule(_numbers(3), "three finite numbers, or [] for the model's own"),
-    "model.preprocess.std": Rule(_numbers(3, positive=True), "three positive numbers, or [] for the model's own"),
-    "model.preprocess.interpolation": _one_of(*INTERPOLATIONS),
-    "map.index": _registered("vpr_core.map_index", "INDEX_TYPES"),
-    "map.use_gpu": _one_of("auto", "true", "false"),
-    "map.autosave_period_s": _between(0.0, what="0 = save only on shutdown"),
-    "map.max_file_mb": _between(1, 1 << 20),
-    "map.id_reserve": _between(1, 1_000_000),
-    "detector.top_k": _between(1, 1000),
-    "detector.exclude_recent_count": _between(0),
-    "detector.exclude_recent_s": _between(0.0),
-    "detector.loop_threshold": _between(0.0, 1.0, "a cosine similarity"),
-    "detector.temporal_consistency": _between(1, 1000),
-    "detector.consistency_window": _between(0),
-    "detector.keyframe_min_interval_s": _between(0.0),
-    "detector.keyframe_max_similarity": _between(-1.0, 1.0, "a cosine similarity; 1 = keep every frame"),
-    "node.image_topic": Rule(lambda v: v != "", "a topic name"),
-    "node.place_match_topic": Rule(lambda v: v != "", "a topic name"),
-    "node.loop_closure_topic": Rule(lambda v: v != "", "a topic name"),
-    "node.queue_size": _between(1, 10_000),
-    "node.max_image_pixels": _between(0, 1 << 31, "0 = no limit"),
-    "node.qos": _one_of(*QOS_PROFILES),
-    "node.loss_gap_factor": Rule(lambda v: v == 0 or 1.0 < v <= 100.0, "0 (off) or in (1, 100]"),
-    "node.loss_window": _between(3, 10_000),
-    "rerank.method": _registered("vpr_core.rerank", "RERANKERS", "none"),
-    "rerank.top_k": _between(1, 1000),
-    "rerank.min_inliers": _between(0, 1_000_000),
-    "rerank.match_threshold": _between(-1.0, 1.0, "a cosine similarity"),
-    "rerank.ratio": Rule(lambda v: 0.0 < v <= 1.0, "in (0, 1] (1 = no ratio test)"),
-    "rerank.px_threshold": Rule(lambda v: 0.0 < v <= 1000.0, "in (0, 1000] pixels"),
-    "rerank.confidence": _open(0.0, 1.0),
-    "rerank.max_iters": _between(1, 10_000_000),
-    "rerank.model": _one_of("fundamental", "homography"),
-}
 
 
 def load_config(source: Union[str, Path, None] = None, overrides: Mapping[str, Any] | None = None) -> Config:
