@@ -334,8 +334,8 @@ def _read(fh: BinaryIO, size: int, path: Path, expected_dim: Optional[int], max_
     except IndexFormatError as exc:
         raise MapError(f"{path}: index.faiss is not a {header['index_type']} index of {header['count']} "
                        f"{header['dim']}-D vectors: {exc}") from None
-    if len(np.unique(ids)) != len(ids) or set(ids.tolist()) != set(order):
-        raise MapError(f"{path}: the index's ids and the keyframes' ids disagree")
+    if ids.tolist() != order:  # the same ids in the same insertion order: positions in the index are the route's
+        raise MapError(f"{path}: the index's ids and the keyframes' order disagree")
     return MapContents(header, order, keyframes, index_bytes, ids, local_bytes)
 
 

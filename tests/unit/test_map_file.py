@@ -198,6 +198,7 @@ def _meta_change(saved, fn):
     ("order misses an id", lambda m: (m["order"].__setitem__(5, 77), m)[1], "exactly once"),
     ("order repeats an id", lambda m: (m["order"].__setitem__(5, 0), m)[1], "exactly once"),
     ("order too short", lambda m: (m["order"].pop(), m)[1], "order of 5"),
+    ("order permuted", lambda m: (m["order"].reverse(), m)[1], "order disagree"),  # same ids, not the index's order
     ("whole file a list", lambda m: [m], "must be an object"),
     ("whole file a string", lambda m: "keyframes", "must be an object"),
     ("extra top-level key", lambda m: m | {"more": 1}, "must be an object"),
