@@ -22,10 +22,11 @@ import cv2
 import numpy as np
 
 from vpr_core.geometry.camera import CameraModel
-from vpr_core.geometry.covariance import pose_covariance
+from vpr_core.geometry.covariance import (direction_sigma_deg, essential_covariance, pnp_covariance,
+                                          rotation_sigma_deg)
 from vpr_core.geometry.pose_checks import (depth_at, image_spread, parallax_deg, reprojection_rms_essential,
                                            reprojection_rms_pnp, sampson_px)
-from vpr_core.geometry.rotation import best_rotation, quaternion_xyzw
+from vpr_core.geometry.rotation import angle_between_deg, best_rotation, quaternion_xyzw, rotation_angle_deg
 
 REASONS = {
     "too_few_matches": "fewer putative matches than pose.min_inliers: the pose cannot reach the inlier floor",
@@ -37,9 +38,15 @@ REASONS = {
     "low_parallax": "the inliers are explained by a pure rotation (parallax < pose.min_parallax_deg, or "
                     "< pose.min_parallax_snr times the epipolar noise): the translation direction is "
                     "unobservable; R is reported (the best pure rotation), t is not",
+    "planar_ambiguous": "a homography explains the inliers (pose.planar_inlier_ratio) and it decomposes into "
+                        "two visible poses that differ by more than pose.planar_tolerance_deg: a planar scene "
+                        "fits two essential matrices, the data cannot tell which is right",
     "cheirality": "too few inliers lie in front of both cameras (pose.min_cheirality_ratio): the "
                   "decomposition is unreliable",
+    "uncertain": "the propagated covariance exceeds pose.max_rotation_sigma_deg (or, for a direction-only t, "
+                 "pose.max_direction_sigma_deg): too weak to help a pose graph",
 }
+SNR_FLOOR_PX = 0.1  # floor of the epipolar noise in the parallax SNR: only keeps exact synthetic data finite
 
 
 @dataclass
@@ -56,12 +63,20 @@ class PoseConfig:
     min_parallax_snr: float = 4.0
     min_spread_ratio: float = 0.1  # sqrt(minor/major eigenvalue) of the points' scatter; below: points on a line
     min_coverage: float = 0.03  # convex hull of the points / image area, in each image; below: one small patch
+    # share of the E inliers a homography must also explain for the scene to count as planar; a planar
+    # scene fits two essential matrices (the two visible homography decompositions), so check both
+    planar_inlier_ratio: float = 0.9
+    planar_tolerance_deg: float = 3.0  # the two planar solutions agree (no ambiguity) when R and t differ less
     min_cheirality_ratio: float = 0.9  # inliers that must lie in front of both cameras (E) or the match camera (PnP)
     min_depth_m: float = 0.1  # depth readings closer than this are invalid (sensor minimum range)
     max_depth_m: float = 40.0  # depth readings farther than this are invalid (noise grows with range)
     depth_rel_sigma: float = 0.01  # the depth sensor's relative noise (1 % of range), for the metric covariance
-    min_sigma_px: float = 0.5  # floor of the image noise in the covariance: no pose is known better than this
+    # floor of the image noise in the covariance, px: the keypoints' localisation noise. Grid-cell local
+    # features: cell / sqrt(12) (refine.keypoint_sigma_px; 4.6 px for 16-px cells), detectors: ~0.5-1
+    keypoint_sigma_px: float = 0.5
     unknown_scale_sigma: float = 1e3  # sigma along t when t is only a direction: "length unknown" to a back end
+    max_rotation_sigma_deg: float = 2.0  # reject a pose whose rotation sigma (largest axis) exceeds this
+    max_direction_sigma_deg: float = 10.0  # reject a direction-only t whose sigma across it exceeds this
 
     def __post_init__(self) -> None:
         if self.min_inliers < 5:
@@ -69,9 +84,13 @@ class PoseConfig:
         if self.ransac_px <= 0 or self.max_iters < 1 or not 0.0 < self.confidence < 1.0:
             raise ValueError(f"pose.ransac_px must be > 0, pose.max_iters >= 1 and pose.confidence in (0, 1); got "
                              f"{self.ransac_px}, {self.max_iters}, {self.confidence}")
-        for name in ("min_spread_ratio", "min_coverage", "min_cheirality_ratio"):
+        for name in ("min_spread_ratio", "min_coverage", "min_cheirality_ratio", "planar_inlier_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"pose.{name} is a ratio in [0, 1], got {getattr(self, name)}")
+        if self.keypoint_sigma_px <= 0 or self.max_rotation_sigma_deg <= 0 or self.max_direction_sigma_deg <= 0:
+            raise ValueError(f"pose.keypoint_sigma_px, pose.max_rotation_sigma_deg and pose.max_direction_sigma_deg "
+                             f"must be > 0; got {self.keypoint_sigma_px}, {self.max_rotation_sigma_deg}, "
+                             f"{self.max_direction_sigma_deg}")
         if self.min_parallax_deg < 0 or self.min_parallax_snr < 0 or not 0.0 <= self.min_depth_m < self.max_depth_m:
             raise ValueError(f"pose.min_parallax_deg must be >= 0 and 0 <= pose.min_depth_m < pose.max_depth_m; "
                              f"got {self.min_parallax_deg}, {self.min_depth_m}, {self.max_depth_m}")
@@ -208,11 +227,22 @@ def _pose_essential(a, b, cam_q, cam_m, cfg, fundamental) -> PoseResult:
                        inlier_mask=mask)
     R_rot = best_rotation(_bearings(na[mask]), _bearings(nb[mask]))
     par = parallax_deg(_bearings(na[mask]), _bearings(nb[mask]), R_rot)
-    noise = max(float(np.median(sampson_px(E, na[mask], nb[mask], f))), cfg.min_sigma_px)
+    noise = max(float(np.median(sampson_px(E, na[mask], nb[mask], f))), SNR_FLOOR_PX)
     snr = np.radians(par) * f / noise
     if par < cfg.min_parallax_deg or snr < cfg.min_parallax_snr:
         return _reject("low_parallax", n, R=R_rot, num_inliers=int(mask.sum()), inlier_ratio=mask.sum() / n,
                        parallax_deg=par, parallax_snr=snr, inlier_mask=mask)
+    common = dict(num_inliers=int(mask.sum()), inlier_ratio=mask.sum() / n, parallax_deg=par, parallax_snr=snr,
+                  inlier_mask=mask)
+    planar = _planar_solutions(na[mask], nb[mask], f, cfg)
+    if planar is not None:
+        if len(planar) == 0:
+            return _reject("cheirality", n, **common)
+        (R0, t0), others = planar[0], planar[1:]
+        if any(rotation_angle_deg(R0, R1) > cfg.planar_tolerance_deg
+               or angle_between_deg(t0, t1) > cfg.planar_tolerance_deg for R1, t1 in others):
+            return _reject("planar_ambiguous", n, R=R0, t=t0, **common)
+        E = _skew(t0) @ R0  # the one planar solution: recoverPose below selects it (and counts cheirality)
     good, R, t, m2 = cv2.recoverPose(E, na, nb, eye, mask=mask.astype(np.uint8).reshape(-1, 1).copy())
     t = t.ravel() / max(np.linalg.norm(t), 1e-12)
     final = m2.ravel() > 0
@@ -221,9 +251,33 @@ def _pose_essential(a, b, cam_q, cam_m, cfg, fundamental) -> PoseResult:
         return _reject("cheirality", n, R=R, t=t, num_inliers=k, inlier_ratio=k / n, parallax_deg=par,
                        parallax_snr=snr, inlier_mask=final)
     err = reprojection_rms_essential(R, t, na[final], nb[final], cam_q.focal, cam_m.focal)
-    cov = pose_covariance(err, f, k, k / n, t, metric=False, parallax_deg=par, min_sigma_px=cfg.min_sigma_px,
-                          unknown_scale_sigma=cfg.unknown_scale_sigma)
-    return PoseResult(True, "", R, t, False, cov, n, k, k / n, err, par, snr, final)
+    cov = essential_covariance(R, t, na[final], nb[final], f, max(err, cfg.keypoint_sigma_px), k / n,
+                               cfg.unknown_scale_sigma)
+    res = PoseResult(True, "", R, t, False, cov, n, k, k / n, err, par, snr, final)
+    if (rotation_sigma_deg(cov) > cfg.max_rotation_sigma_deg
+            or direction_sigma_deg(cov, t) > cfg.max_direction_sigma_deg):
+        res.ok, res.reason = False, "uncertain"
+    return res
+
+
+def _planar_solutions(na: np.ndarray, nb: np.ndarray, f: float, cfg: PoseConfig):
+    """None when no homography explains `planar_inlier_ratio` of the inliers; else the poses (R, unit t)
+    of its decompositions that keep the points in front of both cameras (cv2 visibility filter)."""
+    H, hm = cv2.findHomography(na, nb, _usac(cfg, cfg.ransac_px / f))
+    if H is None or H.size != 9 or hm is None or hm.sum() < cfg.planar_inlier_ratio * len(na):
+        return None
+    _, Rs, ts, normals = cv2.decomposeHomographyMat(H, np.eye(3))
+    inl = hm.ravel() > 0
+    keep = cv2.filterHomographyDecompByVisibleRefpoints(Rs, normals, na[inl].reshape(-1, 1, 2).astype(np.float32),
+                                                        nb[inl].reshape(-1, 1, 2).astype(np.float32))
+    idx = [] if keep is None else np.asarray(keep).ravel().tolist()
+    sols = [(np.asarray(Rs[i]), np.asarray(ts[i]).ravel()) for i in idx]
+    return [(R, t / max(np.linalg.norm(t), 1e-12)) for R, t in sols if np.linalg.norm(t) > 1e-9]
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    x, y, z = np.asarray(v, np.float64).ravel()
+    return np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
 
 
 def _bearings(normalised: np.ndarray) -> np.ndarray:
@@ -265,6 +319,8 @@ def _pose_pnp(a, b, cam_q, cam_m, cfg, depth) -> PoseResult:
     if in_front.sum() < max(cfg.min_inliers, cfg.min_cheirality_ratio * k):
         return _reject("cheirality", n, R=R, t=t, metric=True, num_inliers=k, inlier_ratio=k / n, inlier_mask=mask)
     err = reprojection_rms_pnp(R, t, X[sel], img[sel], cam_m)
-    cov = pose_covariance(err, cam_m.focal, k, k / n, t, metric=True, median_depth_m=float(np.median(X[sel, 2])),
-                          min_sigma_px=cfg.min_sigma_px, depth_rel_sigma=cfg.depth_rel_sigma)
-    return PoseResult(True, "", R, t, True, cov, n, k, k / n, err, float("nan"), float("nan"), mask)
+    cov = pnp_covariance(R, t, X[sel], img[sel], cam_m, max(err, cfg.keypoint_sigma_px), k / n, cfg.depth_rel_sigma)
+    res = PoseResult(True, "", R, t, True, cov, n, k, k / n, err, float("nan"), float("nan"), mask)
+    if rotation_sigma_deg(cov) > cfg.max_rotation_sigma_deg:
+        res.ok, res.reason = False, "uncertain"
+    return res

@@ -29,13 +29,15 @@ def parallax_deg(bearings_q: np.ndarray, bearings_m: np.ndarray, R: np.ndarray) 
     return float(np.degrees(np.median(np.arccos(np.clip(c, -1.0, 1.0)))))
 
 
-def sampson_px(E: np.ndarray, nq: np.ndarray, nm: np.ndarray, focal: float) -> np.ndarray:
-    """First-order geometric distance (Sampson) of each match to E, normalised coordinates -> pixels."""
+def sampson_px(E: np.ndarray, nq: np.ndarray, nm: np.ndarray, focal: float, signed: bool = False) -> np.ndarray:
+    """First-order geometric distance (Sampson) of each match to E, normalised coordinates -> pixels
+    (signed: smooth in E, for derivatives)."""
     a, b = np.c_[nq, np.ones(len(nq))], np.c_[nm, np.ones(len(nm))]
     Ea, Etb = a @ E.T, b @ E
     num = np.sum(b * Ea, axis=1)
     den = np.sqrt(Ea[:, 0] ** 2 + Ea[:, 1] ** 2 + Etb[:, 0] ** 2 + Etb[:, 1] ** 2)
-    return np.abs(num) / np.maximum(den, 1e-15) * focal
+    d = num / np.maximum(den, 1e-15) * focal
+    return d if signed else np.abs(d)
 
 
 def reprojection_rms_essential(R: np.ndarray, t: np.ndarray, nq: np.ndarray, nm: np.ndarray,
