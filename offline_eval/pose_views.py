@@ -94,3 +94,78 @@ def known_view(name: str, img: np.ndarray, cam: CameraModel, rot_deg: Sequence[f
     t = np.asarray(t, np.float64)
     match, depth = render_view(img, cam, R, t, planes)
     return KnownView(name, img, match, cam, R, t, depth)
+
+
+# --- the demo's virtual camera (offline_eval.demo_sequence.photo_route) ----------------------------------
+DEMO_HFOV_DEG = 60.0  # the virtual camera's horizontal field of view (its focal length: f = 160 / tan 30 deg)
+
+
+@dataclass
+class DemoPair:
+    """A second-lap frame (query) and a first-lap frame (match) of one photograph, with cameras and
+    T_match_query; depth_query is the query camera's distance to the photograph (constant)."""
+    name: str
+    query: np.ndarray
+    match: np.ndarray
+    cam_query: CameraModel
+    cam_match: CameraModel
+    R: np.ndarray
+    t: np.ndarray
+    depth_query: np.ndarray
+
+
+def _pan_windows(img: np.ndarray, n: int, scale: float, dy: float) -> List[Tuple[int, int, int, int]]:
+    """(x, y, width, height) of the crop windows of demo_sequence._pan, same formulas."""
+    from offline_eval.demo_sequence import FRAME_SIZE
+    h, w = img.shape[:2]
+    ch = int(h * scale)
+    cw = min(w, int(ch * FRAME_SIZE[0] / FRAME_SIZE[1]))
+    y = int(np.clip((h - ch) / 2 + dy * h, 0, h - ch))
+    return [(int(x), y, cw, ch) for x in np.linspace(0, w - cw, n).astype(int)]
+
+
+def demo_pairs(frames_per_place: int = 12, neighbours: int = 1) -> List[DemoPair]:
+    """Pairs of the demo route with their ground truth, under this pinhole model: the photograph is a
+    plane; every frame is taken by an upright camera (R = I) looking straight at it, with a focal
+    f from DEMO_HFOV_DEG; a first-lap frame is at unit depth, so one photo pixel is p = s_y1 / f
+    world units (s = frame pixels per photo pixel of the crop: s_x = 320 / crop width, s_y = 240 /
+    crop height), a second-lap frame at depth D2 = s_y1 / s_y2; each camera sits above its crop's
+    centre and has fy = f, fx = f s_x / s_y (crops clipped by the photo's width are not 4:3), principal
+    point at the frame centre. Then T_match_query = (I, C_query - C_match). Each second-lap frame is
+    paired with the `neighbours` first-lap frames whose crop centres are nearest. The motorcycle is
+    left out: its second lap is the right camera of a stereo pair whose extrinsics we do not model.
+    Mirrors demo_sequence._pan and checks that the crops reproduce its frames."""
+    from offline_eval.demo_sequence import FRAME_SIZE, _pan, _photos
+    W, H = FRAME_SIZE
+    f = 0.5 * W / np.tan(np.radians(DEMO_HFOV_DEG) / 2)
+    laps = ((0.8, 0.0, 1.0), (0.7, 0.08, 0.8))  # (scale, dy, gain) of photo_route's two laps
+    pairs: List[DemoPair] = []
+    for i in (1, 2, 4, 5):  # photo_route's default revisits, without the motorcycle (3)
+        name, img, _ = _photos()[i]
+        wins = [_pan_windows(img, frames_per_place, s, dy) for s, dy, _ in laps]
+        views = [_pan(img, frames_per_place, s, dy, g) for s, dy, g in laps]
+        x, y, cw, ch = wins[0][0]
+        check = cv2.resize(img[y:y + ch, x:x + cw], FRAME_SIZE, interpolation=cv2.INTER_AREA)
+        if not np.array_equal(check, views[0][0]):
+            raise RuntimeError("demo_sequence._pan changed: update offline_eval.pose_views.demo_pairs")
+        sy1 = H / wins[0][0][3]
+        p = sy1 / f
+
+        def camera(win):
+            sx, sy = W / win[2], H / win[3]
+            return CameraModel.from_config([f * sx / sy, f, (W - 1) / 2, (H - 1) / 2], W, H), sy
+
+        def centre(win, depth):
+            return np.array([(win[0] + win[2] / 2) * p, (win[1] + win[3] / 2) * p, 1.0 - depth])
+
+        for j, wq in enumerate(wins[1]):
+            cam_q, sy2 = camera(wq)
+            d2 = sy1 / sy2
+            c_q = centre(wq, d2)
+            order = np.argsort([abs((wm[0] + wm[2] / 2) - (wq[0] + wq[2] / 2)) for wm in wins[0]])
+            for k in order[:neighbours]:
+                wm = wins[0][k]
+                cam_m, _ = camera(wm)
+                pairs.append(DemoPair(f"{name} lap2#{j}->lap1#{k}", views[1][j], views[0][k], cam_q, cam_m,
+                                      np.eye(3), c_q - centre(wm, 1.0), np.full((H, W), d2)))
+    return pairs

@@ -24,33 +24,11 @@ of narrow views, which a per-axis formula (s / (f sqrt(n))) misses by 10-100x on
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import cv2
 import numpy as np
 
 from vpr_core.geometry.camera import CameraModel
-from vpr_core.geometry.pose_checks import sampson_px
-
-STEP = 1e-6  # central-difference step (radians / normalised units)
-
-
-def _skew(v: np.ndarray) -> np.ndarray:
-    x, y, z = np.asarray(v, np.float64).ravel()
-    return np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
-
-
-def tangent_basis(t: np.ndarray) -> np.ndarray:
-    """(3,2) orthonormal basis of the plane orthogonal to t."""
-    u = np.asarray(t, np.float64).ravel() / np.linalg.norm(t)
-    b1 = np.cross(u, np.eye(3)[int(np.argmin(np.abs(u)))])
-    b1 /= np.linalg.norm(b1)
-    return np.c_[b1, np.cross(u, b1)]
-
-
-def _jacobian(residuals: Callable[[np.ndarray], np.ndarray], k: int) -> np.ndarray:
-    cols = [(residuals(e * STEP) - residuals(-e * STEP)) / (2 * STEP) for e in np.eye(k)]
-    return np.stack(cols, axis=1)
+from vpr_core.geometry.polish import essential_residuals, jacobian, tangent_basis
 
 
 def _scaled_inverse(J: np.ndarray, sigma_px: float, inlier_ratio: float) -> np.ndarray:
@@ -64,13 +42,7 @@ def essential_covariance(R: np.ndarray, t: np.ndarray, nq: np.ndarray, nm: np.nd
     """6x6 covariance of (unit t, R) from the inliers' normalised coordinates (module docstring)."""
     u = np.asarray(t, np.float64).ravel() / np.linalg.norm(t)
     B = tangent_basis(u)
-
-    def residuals(p: np.ndarray) -> np.ndarray:
-        tp = u + B @ p[3:]
-        E = _skew(tp / np.linalg.norm(tp)) @ cv2.Rodrigues(p[:3])[0] @ R
-        return sampson_px(E, nq, nm, focal_px, signed=True)
-
-    C = _scaled_inverse(_jacobian(residuals, 5), sigma_px, inlier_ratio)
+    C = _scaled_inverse(jacobian(essential_residuals(R, u, nq, nm, focal_px), 5), sigma_px, inlier_ratio)
     cov = np.zeros((6, 6))
     cov[:3, :3] = B @ C[3:, 3:] @ B.T + unknown_scale_sigma ** 2 * np.outer(u, u)
     cov[3:, 3:] = C[:3, :3]
@@ -88,7 +60,7 @@ def pnp_covariance(R: np.ndarray, t: np.ndarray, X: np.ndarray, xy: np.ndarray, 
         Rp = cv2.Rodrigues(p[:3])[0] @ R
         return (cam.project(X @ Rp.T + (t + p[3:])) - xy).ravel()
 
-    C = _scaled_inverse(_jacobian(residuals, 6), sigma_px, inlier_ratio)
+    C = _scaled_inverse(jacobian(residuals, 6), sigma_px, inlier_ratio)
     cov = np.zeros((6, 6))
     cov[:3, :3], cov[3:, 3:] = C[3:, 3:], C[:3, :3]
     cov[:3, 3:], cov[3:, :3] = C[3:, :3], C[:3, 3:]

@@ -6,9 +6,10 @@ the match camera frame. Camera frames are OpenCV's: x right, y down, z forward.
 
 - Without depth: essential matrix by 5-point USAC (OpenCV, seeded) on undistorted normalised
   coordinates (each camera's own K), or E = K_m^T F K_q lifted from a DEGENSAC fundamental matrix
-  F with x_m^T F x_q = 0; R and t from cv2.recoverPose. t is a unit direction (metric False).
-- With an aligned depth image of the query frame: query keypoints back-projected to 3-D, PnP-USAC
-  (cv2.solvePnPRansac) against the match keypoints, refined by Levenberg-Marquardt: metric t.
+  F with x_m^T F x_q = 0; R and t from cv2.recoverPose, then polished on all inliers
+  (polish.py: Levenberg-Marquardt on the Sampson distances). t is a unit direction (metric False).
+- With an aligned depth image of the query frame: query keypoints back-projected to 3-D, PnP-RANSAC
+  (cv2.solvePnPRansac, SQPnP) against the match keypoints, refined by Levenberg-Marquardt: metric t.
 
 Checks, in order, each with its `reason` (see REASONS); thresholds live in PoseConfig.
 """
@@ -24,6 +25,7 @@ import numpy as np
 from vpr_core.geometry.camera import CameraModel
 from vpr_core.geometry.covariance import (direction_sigma_deg, essential_covariance, pnp_covariance,
                                           rotation_sigma_deg)
+from vpr_core.geometry.polish import polish_essential, skew
 from vpr_core.geometry.pose_checks import (depth_at, image_spread, parallax_deg, reprojection_rms_essential,
                                            reprojection_rms_pnp, sampson_px)
 from vpr_core.geometry.rotation import angle_between_deg, best_rotation, quaternion_xyzw, rotation_angle_deg
@@ -56,7 +58,8 @@ class PoseConfig:
     ransac_px: float = 4.0  # RANSAC inlier threshold, pixels of the original image; about half a local-feature cell
     confidence: float = 0.999  # RANSAC confidence that an all-inlier sample was drawn
     max_iters: int = 1000  # RANSAC iterations at most
-    seed: int = 0  # RANSAC random state: the same matches always give the same pose
+    polish_iters: int = 10  # Levenberg-Marquardt steps on all E inliers after RANSAC (0 = off; polish.py)
+    seed: int = 0  # USAC random state (E, H): the same matches always give the same pose (PnP's RANSAC is fixed)
     min_parallax_deg: float = 0.25  # median angle no rotation explains; below: t unobservable (E only)
     # that angle in pixels over the inliers' median Sampson distance: ~2.5 for a pure rotation at any noise
     # level (measured), so below this the translation is noise (E only)
@@ -242,7 +245,7 @@ def _pose_essential(a, b, cam_q, cam_m, cfg, fundamental) -> PoseResult:
         if any(rotation_angle_deg(R0, R1) > cfg.planar_tolerance_deg
                or angle_between_deg(t0, t1) > cfg.planar_tolerance_deg for R1, t1 in others):
             return _reject("planar_ambiguous", n, R=R0, t=t0, **common)
-        E = _skew(t0) @ R0  # the one planar solution: recoverPose below selects it (and counts cheirality)
+        E = skew(t0) @ R0  # the one planar solution: recoverPose below selects it (and counts cheirality)
     good, R, t, m2 = cv2.recoverPose(E, na, nb, eye, mask=mask.astype(np.uint8).reshape(-1, 1).copy())
     t = t.ravel() / max(np.linalg.norm(t), 1e-12)
     final = m2.ravel() > 0
@@ -250,6 +253,8 @@ def _pose_essential(a, b, cam_q, cam_m, cfg, fundamental) -> PoseResult:
     if k < max(cfg.min_inliers, cfg.min_cheirality_ratio * mask.sum()):
         return _reject("cheirality", n, R=R, t=t, num_inliers=k, inlier_ratio=k / n, parallax_deg=par,
                        parallax_snr=snr, inlier_mask=final)
+    if cfg.polish_iters:
+        R, t = polish_essential(R, t, na[final], nb[final], f, cfg.polish_iters)
     err = reprojection_rms_essential(R, t, na[final], nb[final], cam_q.focal, cam_m.focal)
     cov = essential_covariance(R, t, na[final], nb[final], f, max(err, cfg.keypoint_sigma_px), k / n,
                                cfg.unknown_scale_sigma)
@@ -275,11 +280,6 @@ def _planar_solutions(na: np.ndarray, nb: np.ndarray, f: float, cfg: PoseConfig)
     return [(R, t / max(np.linalg.norm(t), 1e-12)) for R, t in sols if np.linalg.norm(t) > 1e-9]
 
 
-def _skew(v: np.ndarray) -> np.ndarray:
-    x, y, z = np.asarray(v, np.float64).ravel()
-    return np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
-
-
 def _bearings(normalised: np.ndarray) -> np.ndarray:
     v = np.c_[normalised, np.ones(len(normalised))]
     return v / np.linalg.norm(v, axis=1, keepdims=True)
@@ -300,7 +300,11 @@ def _pose_pnp(a, b, cam_q, cam_m, cfg, depth) -> PoseResult:
     img = np.ascontiguousarray(b[idx])
     dist = cam_m.dist if len(cam_m.dist) else None
     try:
-        ok, _, rvec, tvec, inl = cv2.solvePnPRansac(X, img, cam_m.K, dist, params=_usac(cfg, cfg.ransac_px))
+        # OpenCV's classic RANSAC (fixed internal seed: reproducible) with SQPnP on the inliers: 10x
+        # faster than USAC here (4 vs 43 ms for 150 matches) and as accurate once refined below
+        ok, rvec, tvec, inl = cv2.solvePnPRansac(X, img, cam_m.K, dist, iterationsCount=cfg.max_iters,
+                                                 reprojectionError=cfg.ransac_px, confidence=cfg.confidence,
+                                                 flags=cv2.SOLVEPNP_SQPNP)
     except cv2.error:
         ok = False
     if not ok or inl is None:
