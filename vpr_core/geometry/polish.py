@@ -7,12 +7,10 @@ errors about 2-3x, to what the covariance (same residuals, same Jacobian) predic
 """
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import cv2
 import numpy as np
-
-from vpr_core.geometry.pose_checks import sampson_px
 
 STEP = 1e-6  # central-difference step (radians / normalised units)
 
@@ -25,24 +23,31 @@ def skew(v: np.ndarray) -> np.ndarray:
 def tangent_basis(t: np.ndarray) -> np.ndarray:
     """(3,2) orthonormal basis of the plane orthogonal to t."""
     u = np.asarray(t, np.float64).ravel() / np.linalg.norm(t)
-    b1 = np.cross(u, np.eye(3)[int(np.argmin(np.abs(u)))])
+    b1 = skew(u) @ np.eye(3)[int(np.argmin(np.abs(u)))]  # u x e: orthogonal to u
     b1 /= np.linalg.norm(b1)
-    return np.c_[b1, np.cross(u, b1)]
+    return np.c_[b1, skew(u) @ b1]
 
 
-def perturb_essential(R: np.ndarray, t: np.ndarray, p: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(R', unit t') = (exp([w]x) R, normalise(t + B d)) for p = (w (3), d (2))."""
+def perturb_essential(R: np.ndarray, t: np.ndarray, p: np.ndarray,
+                      B: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(R', unit t') = (exp([w]x) R, normalise(t + B d)) for p = (w (3), d (2)); B = tangent_basis(t)."""
     u = np.asarray(t, np.float64).ravel() / np.linalg.norm(t)
-    tp = u + tangent_basis(u) @ p[3:]
+    tp = u + (tangent_basis(u) if B is None else B) @ p[3:]
     return cv2.Rodrigues(np.asarray(p[:3], np.float64))[0] @ R, tp / np.linalg.norm(tp)
 
 
 def essential_residuals(R: np.ndarray, t: np.ndarray, nq: np.ndarray, nm: np.ndarray,
                         focal_px: float) -> Callable[[np.ndarray], np.ndarray]:
     """p -> signed Sampson distances (pixels) of the matches to the pose perturbed by p."""
+    B = tangent_basis(t)
+    a, b = np.c_[nq, np.ones(len(nq))], np.c_[nm, np.ones(len(nm))]
+
     def residuals(p: np.ndarray) -> np.ndarray:
-        Rp, tp = perturb_essential(R, t, p)
-        return sampson_px(skew(tp) @ Rp, nq, nm, focal_px, signed=True)
+        Rp, tp = perturb_essential(R, t, p, B)
+        E = skew(tp) @ Rp
+        Ea, Etb = a @ E.T, b @ E
+        den = np.sqrt(Ea[:, 0] ** 2 + Ea[:, 1] ** 2 + Etb[:, 0] ** 2 + Etb[:, 1] ** 2)
+        return np.sum(b * Ea, axis=1) / np.maximum(den, 1e-15) * focal_px
     return residuals
 
 
