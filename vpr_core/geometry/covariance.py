@@ -69,11 +69,15 @@ def pnp_covariance(R: np.ndarray, t: np.ndarray, X: np.ndarray, xy: np.ndarray, 
 
 
 def rotation_sigma_deg(cov: np.ndarray) -> float:
-    """Largest standard deviation of the rotation block, degrees."""
+    """Largest standard deviation of the rotation block, degrees (NaN for a rejected pose's NaN covariance)."""
+    if not np.all(np.isfinite(cov)):
+        return float("nan")
     return float(np.degrees(np.sqrt(max(np.linalg.eigvalsh(cov[3:, 3:]).max(), 0.0))))
 
 
 def direction_sigma_deg(cov: np.ndarray, t: np.ndarray) -> float:
-    """Largest standard deviation of a unit t across its direction, degrees (E results)."""
+    """Largest standard deviation of a unit t across its direction, degrees (E results; NaN as above)."""
+    if not np.all(np.isfinite(cov)):
+        return float("nan")
     B = tangent_basis(t)
     return float(np.degrees(np.sqrt(max(np.linalg.eigvalsh(B.T @ cov[:3, :3] @ B).max(), 0.0))))
