@@ -77,7 +77,8 @@ def random_motions(count: int, seed: int) -> List[tuple]:
     out = []
     for _ in range(count):
         axis, tdir = rng.normal(size=3), rng.normal(size=3)
-        out.append((axis / np.linalg.norm(axis) * rng.uniform(2, 15), tdir / np.linalg.norm(tdir) * rng.uniform(0.1, 0.3)))
+        out.append((axis / np.linalg.norm(axis) * rng.uniform(2, 15),
+                    tdir / np.linalg.norm(tdir) * rng.uniform(0.1, 0.3)))
     return out
 
 
@@ -125,7 +126,8 @@ def run(extract: Callable[[Sequence[np.ndarray]], List[LocalFeatures]], images: 
         fq, f1, f3 = extract([img, one.match, steps.match])
         cfg = pose_config(fq, base, measure_coarse=True)
         scen[names[0]].results.append(evaluate(*match_pair(fq, f1, min_similarity, True), cam, cam, one.R, one.t, cfg))
-        scen[names[1]].results.append(evaluate(*match_pair(fq, f3, min_similarity, False), cam, cam, steps.R, steps.t, cfg))
+        cells = match_pair(fq, f3, min_similarity, False)
+        scen[names[1]].results.append(evaluate(*cells, cam, cam, steps.R, steps.t, cfg))
         xa, xb = match_pair(fq, f3, min_similarity, True)
         scen[names[2]].results.append(evaluate(xa, xb, cam, cam, steps.R, steps.t, cfg))
         scen[names[3]].results.append(evaluate(xa, xb, cam, cam, steps.R, steps.t, cfg, steps.depth_query))
@@ -213,12 +215,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     scen = run(extract, images, motions, not args.no_demo, cfg.rerank.match_threshold)
     head = cfg.model.local_head
     probe = extract([images[0][1]])[0]
-    noise = np.degrees(keypoint_sigma_px(probe) / CameraModel.from_fov(60.0, 320, 240).focal)
+    h, w = images[0][1].shape[:2]
+    noise = np.degrees(keypoint_sigma_px(probe) / CameraModel.from_fov(60.0, w, h).focal)
     limit = PoseConfig().max_keypoint_noise_deg
-    print(f"keypoint noise of these features on a 320x240 frame: {noise:.2f} deg; the 5-point (E) rows are measured "
+    print(f"keypoint noise of these features on a {w}x{h} frame: {noise:.2f} deg; the 5-point (E) rows are measured "
           f"with pose.max_keypoint_noise_deg lifted; by default ({limit} deg) E is "
           + ("REFUSED (coarse_keypoints) for them" if noise > limit else "allowed for them"))
-    print(table(scen, f"relative pose, {cfg.model.name} (local head {head.get('name')}, stride {head.get('stride', '-')}), "
+    print(table(scen, f"relative pose, {cfg.model.name} (local head {head.get('name')}, "
+                      f"stride {head.get('stride', '-')}), "
                       f"{len(images)} images x {len(motions)} motions, {time.perf_counter() - t0:.0f} s"))
     if args.plot:
         plot(scen, Path(args.plot))

@@ -75,7 +75,8 @@ def test_quaternion_matches_axis_angle():
 def test_angles_and_best_rotation():
     R = cv2.Rodrigues(np.radians([3.0, -4.0, 0.0]))[0]
     assert np.isclose(rotation_angle_deg(R, np.eye(3)), 5.0)
-    assert np.isclose(angle_between_deg([1, 0, 0], [0, 2, 0]), 90.0) and np.isnan(angle_between_deg([0, 0, 0], [1, 0, 0]))
+    assert np.isclose(angle_between_deg([1, 0, 0], [0, 2, 0]), 90.0)
+    assert np.isnan(angle_between_deg([0, 0, 0], [1, 0, 0]))
     b = np.random.default_rng(0).normal(size=(30, 3))
     b /= np.linalg.norm(b, axis=1, keepdims=True)
     assert rotation_angle_deg(best_rotation(b, b @ R.T), R) < 1e-9

@@ -11,7 +11,11 @@ the match camera frame. Camera frames are OpenCV's: x right, y down, z forward.
 - With an aligned depth image of the query frame: query keypoints back-projected to 3-D, PnP-RANSAC
   (cv2.solvePnPRansac, SQPnP) against the match keypoints, refined by Levenberg-Marquardt: metric t.
 
-Checks, in order, each with its `reason` (see REASONS); thresholds live in PoseConfig.
+Checks, in order, each with its `reason` (REASONS): E path: coarse_keypoints, too_few_matches,
+degenerate_points (all matches), no_solution, too_few_inliers, degenerate_points (inliers),
+low_parallax, planar_ambiguous, cheirality, uncertain; PnP path: too_few_matches, no_depth,
+degenerate_points, no_solution, too_few_inliers, degenerate_points, cheirality, uncertain.
+Thresholds live in PoseConfig.
 """
 from __future__ import annotations
 
@@ -58,35 +62,35 @@ SNR_FLOOR_PX = 0.1  # floor of the epipolar noise in the parallax SNR: only keep
 class PoseConfig:
     """Thresholds of the relative-pose estimate; config section `pose` (each key is a field)."""
     min_inliers: int = 20  # geometric inliers a pose needs (ORB-SLAM3's Sim3 needs 20; VINS-Fusion's PnP 25)
-    ransac_px: float = 4.0  # RANSAC inlier threshold, pixels of the original image; about half a local-feature cell
+    ransac_px: float = 4.0  # RANSAC inlier threshold, pixels of the original image (>= the keypoint noise)
     confidence: float = 0.999  # RANSAC confidence that an all-inlier sample was drawn
     max_iters: int = 1000  # RANSAC iterations at most
-    polish_iters: int = 5  # Levenberg-Marquardt steps on all E inliers after RANSAC (0 = off; 5 = as good as 10)
     seed: int = 0  # USAC random state (E, H): the same matches always give the same pose (PnP's RANSAC is fixed)
+    polish_iters: int = 5  # Levenberg-Marquardt steps on all E inliers after RANSAC (0 = off; 5 = as good as 10)
+    # floor of the image noise in the covariance, px: the keypoints' localisation noise. Grid-cell local
+    # features: cell / sqrt(12) (refine.keypoint_sigma_px; 4.6 px for 16-px cells), detectors: ~0.5-1
+    keypoint_sigma_px: float = 0.5
+    # the 5-point pose needs keypoints this precise (keypoint_sigma_px / focal, degrees): from 16-px cells
+    # (0.95 deg at 320x240) it was measured wrong by 5-15 deg even when every check passed (pose benchmark);
+    # 8-px cells (0.48 deg) gave ~1.3 deg median. PnP (with depth) has no such limit.
+    max_keypoint_noise_deg: float = 0.6
+    min_spread_ratio: float = 0.1  # sqrt(minor/major eigenvalue) of the points' scatter; below: points on a line
+    min_coverage: float = 0.03  # convex hull of the points / image area, in each image; below: one small patch
     min_parallax_deg: float = 0.25  # median angle no rotation explains; below: t unobservable (E only)
     # that angle in pixels over the inliers' median Sampson distance: ~2.5 for a pure rotation at any noise
     # level (measured), so below this the translation is noise (E only)
     min_parallax_snr: float = 4.0
-    min_spread_ratio: float = 0.1  # sqrt(minor/major eigenvalue) of the points' scatter; below: points on a line
-    min_coverage: float = 0.03  # convex hull of the points / image area, in each image; below: one small patch
     # share of the E inliers a homography must also explain for the scene to count as planar; a planar
     # scene fits two essential matrices (the two visible homography decompositions), so check both
     planar_inlier_ratio: float = 0.8
     planar_tolerance_deg: float = 3.0  # the two planar solutions agree (no ambiguity) when R and t differ less
     min_cheirality_ratio: float = 0.9  # inliers that must lie in front of both cameras (E) or the match camera (PnP)
+    max_rotation_sigma_deg: float = 3.0  # reject a pose whose rotation sigma (largest axis) exceeds this
+    max_direction_sigma_deg: float = 10.0  # reject a direction-only t whose sigma across it exceeds this
     min_depth_m: float = 0.1  # depth readings closer than this are invalid (sensor minimum range)
     max_depth_m: float = 40.0  # depth readings farther than this are invalid (noise grows with range)
     depth_rel_sigma: float = 0.01  # the depth sensor's relative noise (1 % of range), for the metric covariance
-    # floor of the image noise in the covariance, px: the keypoints' localisation noise. Grid-cell local
-    # features: cell / sqrt(12) (refine.keypoint_sigma_px; 4.6 px for 16-px cells), detectors: ~0.5-1
-    keypoint_sigma_px: float = 0.5
     unknown_scale_sigma: float = 1e3  # sigma along t when t is only a direction: "length unknown" to a back end
-    max_rotation_sigma_deg: float = 3.0  # reject a pose whose rotation sigma (largest axis) exceeds this
-    # the 5-point pose needs keypoints this precise (keypoint_sigma_px / focal, degrees): from 16-px cells
-    # (0.95 deg at 320x240) it was measured wrong by 5-15 deg even when every check passed (pose benchmark);
-    # 8-px cells (0.48 deg) gave ~1.3 deg median. PnP (with depth) has no such limit.
-    max_keypoint_noise_deg: float = 0.6
-    max_direction_sigma_deg: float = 10.0  # reject a direction-only t whose sigma across it exceeds this
 
     def __post_init__(self) -> None:
         if self.min_inliers < 5:
@@ -97,13 +101,14 @@ class PoseConfig:
         for name in ("min_spread_ratio", "min_coverage", "min_cheirality_ratio", "planar_inlier_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"pose.{name} is a ratio in [0, 1], got {getattr(self, name)}")
-        if self.max_keypoint_noise_deg <= 0 or self.keypoint_sigma_px <= 0 or self.max_rotation_sigma_deg <= 0 or self.max_direction_sigma_deg <= 0:
-            raise ValueError(f"pose.keypoint_sigma_px, pose.max_rotation_sigma_deg and pose.max_direction_sigma_deg "
-                             f"must be > 0; got {self.keypoint_sigma_px}, {self.max_rotation_sigma_deg}, "
-                             f"{self.max_direction_sigma_deg}")
+        positive = ("keypoint_sigma_px", "max_keypoint_noise_deg", "max_rotation_sigma_deg", "max_direction_sigma_deg")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"pose.{name} must be > 0, got {getattr(self, name)}")
         if self.min_parallax_deg < 0 or self.min_parallax_snr < 0 or not 0.0 <= self.min_depth_m < self.max_depth_m:
-            raise ValueError(f"pose.min_parallax_deg must be >= 0 and 0 <= pose.min_depth_m < pose.max_depth_m; "
-                             f"got {self.min_parallax_deg}, {self.min_depth_m}, {self.max_depth_m}")
+            raise ValueError(f"pose.min_parallax_deg and pose.min_parallax_snr must be >= 0 and 0 <= "
+                             f"pose.min_depth_m < pose.max_depth_m; got {self.min_parallax_deg}, "
+                             f"{self.min_parallax_snr}, {self.min_depth_m}, {self.max_depth_m}")
 
 
 @dataclass
@@ -143,7 +148,8 @@ def _points(xy: np.ndarray, name: str, cam: CameraModel) -> np.ndarray:
     lo, hi = -1.5, np.array([cam.width, cam.height]) + 0.5  # the image, pixel centres at integers, 1 px slack
     if len(a) and ((a.min(0) < lo).any() or (a.max(0) > hi).any()):
         raise ValueError(f"{name} has keypoints outside the camera's {cam.width}x{cam.height} image (x in "
-                         f"[{a[:, 0].min():.1f}, {a[:, 0].max():.1f}], y in [{a[:, 1].min():.1f}, {a[:, 1].max():.1f}]): "
+                         f"[{a[:, 0].min():.1f}, {a[:, 0].max():.1f}], "
+                         f"y in [{a[:, 1].min():.1f}, {a[:, 1].max():.1f}]): "
                          f"the camera model does not match the image the features came from; use CameraModel.scaled_to")
     return a
 
@@ -151,7 +157,8 @@ def _points(xy: np.ndarray, name: str, cam: CameraModel) -> np.ndarray:
 def _validate(xy_q, xy_m, cam_q, cam_m, depth_q, fundamental):
     for name, cam in (("cam_query", cam_q), ("cam_match", cam_m)):
         if not isinstance(cam, CameraModel):
-            raise ValueError(f"{name} must be a CameraModel (CameraModel.from_config / from_camera_info), got {type(cam).__name__}")
+            raise ValueError(f"{name} must be a CameraModel (CameraModel.from_config / from_camera_info), "
+                             f"got {type(cam).__name__}")
     a, b = _points(xy_q, "xy_query", cam_q), _points(xy_m, "xy_match", cam_m)
     if len(a) != len(b):
         raise ValueError(f"xy_query and xy_match must be matched row by row; got {len(a)} and {len(b)} points")
