@@ -176,10 +176,10 @@ def plot(scenarios: List[Scenario], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for s in scenarios:
         ok = [r for r in s.results if r.ok]
-        for ax, key in zip(axes, ("rot_err", "dir_err")):
+        for ax, key, top in zip(axes, ("rot_err", "dir_err"), (20.0, 90.0)):
             v = [getattr(r, key) for r in ok if np.isfinite(getattr(r, key))]
-            if v:
-                ax.hist(np.clip(v, 0, 60), bins=30, range=(0, 60), histtype="step", label=f"{s.name} ({len(v)})")
+            if v:  # errors beyond the range are counted in the last bin
+                ax.hist(np.clip(v, 0, top), bins=40, range=(0, top), histtype="step", label=f"{s.name} ({len(v)})")
     axes[0].set_xlabel("rotation error (deg, accepted poses)")
     axes[1].set_xlabel("translation-direction error (deg, accepted poses)")
     axes[0].set_ylabel("pairs")
