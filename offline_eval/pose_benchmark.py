@@ -23,6 +23,7 @@ import numpy as np
 from offline_eval.pose_views import ONE_PLANE, STEP_PLANES, demo_pairs, fit_frame, known_view
 from vpr_core.geometry import CameraModel, PoseConfig, angle_between_deg, estimate_relative_pose, rotation_angle_deg
 from vpr_core.geometry.covariance import rotation_sigma_deg
+from vpr_core.geometry.loop import pose_config
 from vpr_core.geometry.refine import keypoint_sigma_px, refine_match_positions
 from vpr_core.local_features import LocalFeatures
 from vpr_core.rerank.matching import mutual_nn
@@ -97,17 +98,6 @@ def evaluate(xa, xb, cam_q: CameraModel, cam_m: CameraModel, R, t, cfg: PoseConf
     sigma = rotation_sigma_deg(r.covariance) if np.all(np.isfinite(r.covariance)) else float("nan")
     return PairResult(r.ok, r.reason, rotation_angle_deg(r.R, R),
                       angle_between_deg(r.t, t) if has_t else float("nan"), scale, r.time_ms, sigma)
-
-
-def pose_config(features: LocalFeatures, base: PoseConfig, measure_coarse: bool = False) -> PoseConfig:
-    """`base` with the keypoint noise floor and RANSAC threshold of these features' grid cells;
-    `measure_coarse` lifts pose.max_keypoint_noise_deg so the 5-point pose is measured even where the
-    default refuses it (coarse_keypoints)."""
-    sigma = keypoint_sigma_px(features)
-    over = {"max_keypoint_noise_deg": 90.0} if measure_coarse else {}
-    if sigma <= 0:
-        return PoseConfig(**{**base.__dict__, **over})
-    return PoseConfig(**{**base.__dict__, "keypoint_sigma_px": sigma, "ransac_px": max(base.ransac_px, sigma), **over})
 
 
 def run(extract: Callable[[Sequence[np.ndarray]], List[LocalFeatures]], images: List[tuple], motions: List[tuple],

@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Mapping, Union
 
 import yaml
 
+from vpr_core.geometry.pose import PoseConfig
+
 
 class ConfigError(ValueError):
     """A config file or value is wrong; the message says which key and what is expected."""
@@ -64,6 +66,22 @@ class DetectorConfig:
     mapping: bool = True  # add keyframes to the map (false = localise against a fixed map)
     keyframe_min_interval_s: float = 0.0  # min time between keyframes
     keyframe_max_similarity: float = 1.0  # skip a keyframe this similar to the previous one (1 = never skip)
+    keyframe_min_distance_m: float = 0.0  # with poses (odometry): min travelled distance between keyframes (0 = off)
+    keyframe_min_rotation_deg: float = 0.0  # with poses: a turn this large also makes a keyframe (0 = off)
+    exclude_recent_m: float = 0.0  # with poses: never match keyframes within this travelled distance (0 = off)
+    exclude_recent_change: float = 5.0  # never match keyframes less than this appearance change ago (sum of
+    #                                     1 - cosine between consecutive frames): the window grows while the view
+    #                                     barely changes (standing still, tunnels, uniform corridors) (0 = off)
+    sequence_length: int = 20  # frames in the aligned sequence a candidate is scored over (1 = single frame)
+    sequence_candidates: int = 20  # map candidates per frame that seed the sequence hypotheses
+    sequence_contrast_window: int = 5  # standardise each similarity against the keyframes within this many
+    #                                    map positions (SeqSLAM contrast enhancement; 0 = raw cosine)
+    sequence_threshold: float = 1.0  # the sequence score a closure needs (standard deviations above the
+    #                                   neighbourhood with contrast on, else a mean cosine); loop_threshold
+    #                                   applies when sequence_length is 1
+    sequence_velocities: List[float] = field(default_factory=lambda: [0.8, 1.0, 1.25])  # map keyframes per query frame
+    min_margin: float = 0.0  # best score minus the best *other* place's score must reach this (0 = off)
+    margin_window: int = 5  # keyframes within this many map positions of the best count as the same place
 
 
 @dataclass
@@ -91,12 +109,23 @@ class RerankConfig:
 
 
 @dataclass
+class CameraConfig:
+    """Intrinsics for the relative pose of loop closures when no sensor_msgs/CameraInfo arrives."""
+    K: List[float] = field(default_factory=list)  # [fx, fy, cx, cy] or 9 values row-major; [] = unknown (no pose)
+    width: int = 0  # image width K refers to (required with K; frames of another size get K scaled)
+    height: int = 0  # image height K refers to (required with K)
+    distortion: List[float] = field(default_factory=list)  # OpenCV order (plumb_bob k1 k2 p1 p2 k3); [] = none
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     map: MapConfig = field(default_factory=MapConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    pose: PoseConfig = field(default_factory=PoseConfig)  # thresholds of the loop's relative pose (geometry)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

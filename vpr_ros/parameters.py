@@ -16,8 +16,9 @@ ROS_BUILTIN = {"use_sim_time", "start_type_description_service"}
 
 def _loose(key: str, default: Any) -> bool:
     """Parameters whose YAML type may differ from the default's: `5` for a float (vpr_core turns it
-    into 5.0, so the file means the same to both), a boolean for an auto|true|false setting."""
-    return key in TRISTATE_KEYS or isinstance(default, float)
+    into 5.0, so the file means the same to both), a boolean for an auto|true|false setting, any list
+    for an empty-list default (ROS cannot type an empty array)."""
+    return key in TRISTATE_KEYS or isinstance(default, float) or (isinstance(default, list) and not default)
 
 
 def declare_config(node: Node, overrides: Mapping[str, Any]) -> Config:
