@@ -2,8 +2,8 @@
 
 The dataset is driven as one camera stream (database traversal, then query traversal, 10 Hz stamps,
 mapping on throughout, as `make demo` does) through the same `PlaceRecognizer` the node runs. Each
-stage switches one more part of the decision on: threshold only, + temporal consistency,
-+ re-ranking verification, + sequence matching with the margin over the best other place. For each
+stage switches one more part of the decision on: threshold only, + temporal consistency, + the
+appearance-change exclusion window, + re-ranking verification, + sequence matching. For each
 stage it reports the published closures at the configured thresholds (precision, recall) and the
 precision-recall curve of the swept score (recall at 100 % precision, AUC), and saves the curves as a PNG.
 """
@@ -24,7 +24,7 @@ from offline_eval.benchmark import parse_overrides
 from offline_eval.direct import DatasetFeatures, extract_dataset, stream_stamps
 from vpr_core.config import Config, ConfigError, config_from_dict, load_config
 from vpr_core.datasets import DatasetError, PlaceDataset, load_dataset
-from vpr_core.metrics import pr_curve
+from vpr_core.metrics import ClosureStats, pr_curve
 from vpr_core.models import DescriptorExtractor
 from vpr_core.pipeline import PlaceRecognizer
 
@@ -38,38 +38,34 @@ class Stage:
 
 
 def stages(cfg: Config, sequence_length: int) -> List[Stage]:
-    """The four stages, each adding one part to the previous (re-ranking only when the model has local features)."""
+    """Each stage adds one part of the decision to the previous one: the single-frame threshold with
+    the time/count exclusion (the original rule), temporal consistency, the appearance-change window,
+    re-ranking verification (when the model has local features), sequence matching."""
     rr = cfg.rerank.method != "none"
-    off = {"rerank.method": "none"}
-    base = {"detector.sequence_length": 1, "detector.min_margin": 0.0}
-    out = [Stage("threshold", {**off, **base, "detector.temporal_consistency": 1}, "score"),
-           Stage("+consistency", {**off, **base}, "score")]
+    change = cfg.detector.exclude_recent_change or 5.0
+    single = {"rerank.method": "none", "detector.sequence_length": 1, "detector.min_margin": 0.0,
+              "detector.exclude_recent_change": 0.0}
+    out = [Stage("threshold", {**single, "detector.temporal_consistency": 1}, "score"),
+           Stage("+consistency", dict(single), "score"),
+           Stage("+window", {**single, "detector.exclude_recent_change": change}, "score")]
+    last = {**out[-1].overrides}
     if rr:
-        out.append(Stage("+rerank", dict(base), "score"))
-    seq = {"detector.sequence_length": sequence_length, **({} if rr else off)}
-    out.append(Stage("+sequence", seq, "score"))
+        last.pop("rerank.method")
+        out.append(Stage("+rerank", dict(last), "score"))
+    last.update({"detector.sequence_length": sequence_length})
+    out.append(Stage("+sequence", last, "score"))
     return out
 
 
 @dataclass
-class StageResult:
-    stage: str
-    published: int
-    correct: int
-    revisits: int
-    recall_at_100: float
-    auc: float
-    curve: Dict[str, list] = field(default_factory=dict)  # precision, recall, thresholds
+class StageResult(ClosureStats):
+    """The closures one stage publishes at the configured thresholds, and its swept PR curve."""
+    stage: str = ""
+    recall_at_100: float = 0.0
+    auc: float = 0.0
+    curve: Dict[str, list] = field(default_factory=dict)  # precision, recall, thresholds, sweep
     rejections: Dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
-
-    @property
-    def precision(self) -> float:
-        return self.correct / self.published if self.published else float("nan")
-
-    @property
-    def recall(self) -> float:
-        return self.correct / self.revisits if self.revisits else float("nan")
 
 
 @dataclass
@@ -89,7 +85,8 @@ def as_stream(ds: PlaceDataset, feats: DatasetFeatures) -> Stream:
     return Stream(frames, lambda q, m: q >= n and 0 <= m < n and m in pos[q - n], len(ds.queries))
 
 
-Record = tuple  # (frame, candidate id or None, score, margin, other gates passed, open-run rejection)
+Record = tuple  # (frame, candidate id or None, score, margin, other gates passed, open-run rejection,
+#                 passed by the sequence-support route regardless of the score threshold)
 
 
 def published(records: Sequence[Record], tc: int, window: int, key: int = 1,
@@ -134,6 +131,9 @@ def run_stage(base: Config, stage: Stage, stream: Stream, extractor: DescriptorE
     rec = PlaceRecognizer(cfg, extractor=extractor)
     det = rec.detector
     th_score, th_margin = det.threshold, cfg.detector.min_margin
+    c = cfg.detector
+    cosine_th, support_th = c.loop_threshold, c.sequence_support if c.sequence_length > 1 else 0.0
+    support = lambda d: support_th > 0 and d.score >= support_th and d.candidate.score >= cosine_th  # noqa: E731
     # open both score gates to record every frame's scores (the detector's copy of the config only)
     det.cfg.loop_threshold, det.cfg.sequence_threshold, det.cfg.min_margin = 0.0, -np.inf, 0.0
     reranking = cfg.rerank.method != "none"
@@ -143,30 +143,36 @@ def run_stage(base: Config, stage: Stage, stream: Stream, extractor: DescriptorE
     for i, ((glob, local), stamp) in enumerate(tqdm(frames, desc=stage.name, disable=not progress)):
         d = rec.process_descriptor(glob, stamp, "camera", local=local if reranking else None).decision
         ok = d.candidate is not None and d.rejected in ("", "inconsistent", "below_threshold", "ambiguous")
-        records.append((i, d.candidate.id if d.candidate else None, d.score, d.margin, ok, d.rejected))
+        records.append((i, d.candidate.id if d.candidate else None, d.score, d.margin, ok, d.rejected,
+                        ok and support(d)))
     seconds = time.perf_counter() - t0
     tc, window = cfg.detector.temporal_consistency, cfg.detector.consistency_window
-    gated = [(f, c, s, m, ok and s >= th_score and m >= th_margin) for f, c, s, m, ok, _ in records]
+    margin_ok = lambda m: th_margin <= 0 or m >= th_margin  # noqa: E731  (the detector's rule: NaN fails a set margin)
+    gated = [(f, c, s, m, ok and (s >= th_score or alt) and margin_ok(m)) for f, c, s, m, ok, _, alt in records]
     pub = published(gated, tc, window)
     key = 2 if stage.sweep == "score" else 3
-    other = [(f, c, s, m, ok and (m >= th_margin if key == 2 else s >= th_score)) for f, c, s, m, ok, _ in records]
+    # the swept gate is applied by `sweep`; a frame the support route passes stays in at every threshold
+    other = [(f, c, np.inf if alt and key == 2 else s, m, ok and (margin_ok(m) if key == 2 else (s >= th_score or alt)))
+             for f, c, s, m, ok, _, alt in records]
     thresholds, prec, recall = sweep(other, stream, key, tc, window)
     summary = pr_curve(prec, recall)
-    return StageResult(stage.name, len(pub), int(sum(stream.is_true(f, c) for f, c in pub)), stream.revisits,
-                       summary.recall_at_100, summary.auc,
-                       {"precision": prec.tolist(), "recall": recall.tolist(), "thresholds": thresholds.tolist(),
-                        "sweep": stage.sweep}, rejections(records, pub, th_score, th_margin), seconds)
+    return StageResult(published=len(pub), correct=int(sum(stream.is_true(f, c) for f, c in pub)),
+                       revisits=stream.revisits, stage=stage.name, recall_at_100=summary.recall_at_100,
+                       auc=summary.auc, curve={"precision": prec.tolist(), "recall": recall.tolist(),
+                                               "thresholds": thresholds.tolist(), "sweep": stage.sweep},
+                       rejections=rejections(records, pub, th_score, th_margin), seconds=seconds)
 
 
 def rejections(records: Sequence[Record], pub: Sequence[tuple], th_score: float, th_margin: float) -> Dict[str, int]:
     """Frames not published, by the first gate that stops them at the configured thresholds."""
     out: Dict[str, int] = {}
     done = {f for f, _ in pub}
-    for f, c, s, m, ok, why in records:
+    for f, c, s, m, ok, why, alt in records:
         if f in done:
             continue
         reason = (why if why not in ("", "inconsistent", "below_threshold", "ambiguous") else
-                  "below_threshold" if s < th_score else "ambiguous" if m < th_margin else "inconsistent")
+                  "below_threshold" if not (s >= th_score or alt) else
+                  "ambiguous" if th_margin > 0 and not m >= th_margin else "inconsistent")
         out[reason] = out.get(reason, 0) + 1
     return out
 
@@ -213,6 +219,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--segment", metavar="START:STOP", help="only this stretch of the route (database positions)")
     ap.add_argument("--sequence-length", type=int, default=None,
                     help="frames per sequence in the +sequence stage (default: detector.sequence_length, else 10)")
+    ap.add_argument("--stages", help="comma-separated subset of the stage names to run (default: all)")
     ap.add_argument("--tolerance", type=int, default=2, help="frames of slack for frame-synchronised ground truth")
     ap.add_argument("--out", type=Path, help="folder for closures.json and closures_pr.png (default: runs/<time>)")
     args = ap.parse_args(argv)
@@ -233,13 +240,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
     torch.set_num_threads(1)  # per-query matching is small work: one thread is several times faster on 2 cores
     length = args.sequence_length or (cfg.detector.sequence_length if cfg.detector.sequence_length > 1 else 10)
-    results = [run_stage(cfg, st, stream, extractor) for st in stages(cfg, length)]
+    wanted = [n.strip() for n in args.stages.split(",")] if args.stages else None
+    chosen = [st for st in stages(cfg, length) if wanted is None or st.name in wanted]
+    if not chosen:
+        print(f"vpr-closures: --stages names none of {[st.name for st in stages(cfg, length)]}", file=sys.stderr)
+        return 2
+    results = [run_stage(cfg, st, stream, extractor) for st in chosen]
     title = (f"{ds.name}{' [' + args.segment + ']' if args.segment else ''}: {len(ds.database)} database + "
              f"{len(ds.queries)} query frames as one stream, {cfg.model.name}")
     print(table(results, title))
     (out / "closures.json").write_text(json.dumps({"title": title, "config": cfg.to_dict(), "stages": [
         {**r.__dict__, "precision": r.precision, "recall": r.recall} for r in results]}, indent=1))
-    print(f"figure: {plot(results, out / 'closures_pr.png', title[:60])}")
+    short = f"{ds.name}{' [' + args.segment + ']' if args.segment else ''}: closures by stage"
+    print(f"figure: {plot(results, out / 'closures_pr.png', short)}")
     return 0
 
 

@@ -61,7 +61,7 @@ class DetectorConfig:
     exclude_recent_count: int = 10  # never match the N most recently added keyframes
     exclude_recent_s: float = 5.0  # never match keyframes closer in time than this (seconds)
     loop_threshold: float = 0.90  # cosine similarity a candidate needs to become a loop closure
-    temporal_consistency: int = 2  # consecutive frames that must agree before a closure is published
+    temporal_consistency: int = 3  # consecutive frames that must agree before a closure is published
     consistency_window: int = 5  # ids two consecutive matches may differ by and still "agree"
     mapping: bool = True  # add keyframes to the map (false = localise against a fixed map)
     keyframe_min_interval_s: float = 0.0  # min time between keyframes
@@ -76,6 +76,8 @@ class DetectorConfig:
     sequence_candidates: int = 20  # map candidates per frame that seed the sequence hypotheses
     sequence_contrast_window: int = 5  # standardise each similarity against the keyframes within this many
     #                                    map positions (SeqSLAM contrast enhancement; 0 = raw cosine)
+    sequence_support: float = 0.5  # ... or this sequence score when the matched keyframe's own cosine reaches
+    #                                loop_threshold (strong single frame, supported by the sequence; 0 = off)
     sequence_threshold: float = 1.0  # the sequence score a closure needs (standard deviations above the
     #                                   neighbourhood with contrast on, else a mean cosine); loop_threshold
     #                                   applies when sequence_length is 1

@@ -292,7 +292,7 @@ class LoopClosureDetector:
         d = Decision(cand, score, score - other, v is None or v.verified)
         if not d.verified:
             d.rejected = "unverified"
-        elif d.score < self.threshold:
+        elif not self._scores_enough(d):
             d.rejected = "below_threshold"
         elif self.cfg.min_margin > 0 and not d.margin >= self.cfg.min_margin:  # NaN: no other place to compare
             d.rejected = "ambiguous"
@@ -320,6 +320,15 @@ class LoopClosureDetector:
             v.relative_pose = result.as_pose7()
         elif result.reason not in NOT_ATTEMPTED:
             d.rejected, d.detail = "degenerate_geometry", result.reason
+
+    def _scores_enough(self, d: Decision) -> bool:
+        """Single frame: cosine >= loop_threshold. Sequence: score >= sequence_threshold, or a keyframe whose
+        own cosine reaches loop_threshold supported by a sequence score >= sequence_support."""
+        c = self.cfg
+        if c.sequence_length == 1:
+            return d.score >= c.loop_threshold
+        support = c.sequence_support > 0 and d.score >= c.sequence_support and d.candidate.score >= c.loop_threshold
+        return d.score >= c.sequence_threshold or support
 
     def _by_frame(self, candidates: List[Candidate], positions: np.ndarray) -> Optional[tuple]:
         """Single-frame decision: the first (re-ranked) candidate, its cosine, and the best other place's
