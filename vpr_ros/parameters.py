@@ -38,4 +38,7 @@ def declare_config(node: Node, overrides: Mapping[str, Any]) -> Config:
     values = {k: node.declare_parameter(k, defaults[k] if k in defaults else overrides[k].value,
                                         ParameterDescriptor(dynamic_typing=_loose(k, defaults.get(k)))).value
               for k in sorted(names)}
+    for k, v in values.items():  # an empty-list default is declared unset: it reads back as None
+        if v is None and defaults.get(k) == []:
+            values[k] = []
     return config_from_dict(unflatten(values))
