@@ -249,15 +249,17 @@ class LoopClosureNode(Node):
 def main(args=None) -> int:
     rclpy.init(args=args)
     node = None
+    executor = MultiThreadedExecutor()  # ~/query_place runs beside the image callbacks
     try:
         node = LoopClosureNode()
-        rclpy.spin(node, MultiThreadedExecutor())  # ~/query_place runs beside the image callbacks
+        rclpy.spin(node, executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # configuration errors: one clear line, non-zero exit
         print(f"loop_closure_node: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
+        executor.shutdown()  # callbacks still running on its threads (a timer mid-publish) end before the node goes
         if node is not None:
             node.shutdown()
             node.destroy_node()
