@@ -35,6 +35,9 @@ def describe(result: FrameResult, no_pose_reason: str) -> DebugView:
 
 
 class DebugImagePublisher:
+    """Caches keyframe thumbnails as keyframes are added; draws and publishes a frame's picture only
+    while ~/debug_image has a subscriber (the drawing costs ~1 ms, the cache a resize per keyframe)."""
+
     def __init__(self, node: Node, thumbnails: int) -> None:
         self.pub = node.create_publisher(Image, "~/debug_image", 2)
         self.cache = ThumbnailCache(thumbnails)
