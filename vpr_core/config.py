@@ -88,12 +88,30 @@ class DetectorConfig:
 
 @dataclass
 class NodeConfig:
-    image_topic: str = "image"  # sensor_msgs/Image input
+    image_topics: List[str] = field(default_factory=lambda: ["image"])  # sensor_msgs/Image inputs, one per camera;
+    #                                                                     frames keep their header.frame_id
+    image_topic: str = ""  # compatibility (launch argument): when set, the only image topic, replacing image_topics
     compressed_topic: str = "image/compressed"  # sensor_msgs/CompressedImage input ("" = off)
     place_match_topic: str = "place_match"
     loop_closure_topic: str = "loop_closure"
     queue_size: int = 8  # frames waiting for the model; the oldest is dropped (and counted) when full
     default_frame_id: str = "camera"  # used when an image arrives with an empty header.frame_id
+    # sensor_msgs/CameraInfo beside each image topic (<image topic's namespace>/<this>), matched to frames by
+    # header.frame_id; the intrinsics of the relative pose ("" = off: camera.K only)
+    camera_info_topic: str = "camera_info"
+    odom_topic: str = ""  # nav_msgs/Odometry: each frame gets the pose nearest its stamp ("" = off)
+    odom_max_dt_s: float = 0.1  # a frame further than this from every odometry stamp gets no pose (counted)
+    odom_buffer: int = 500  # odometry poses kept for pairing (5 s at 100 Hz)
+    depth_topic: str = ""  # aligned depth (32FC1 m / 16UC1 mm) for metric poses, same frame_id as its image ("" = off)
+    depth_max_dt_s: float = 0.01  # depth further than this from a frame's stamp is not paired (0 = exact stamp)
+    depth_buffer: int = 16  # depth images kept per camera frame for pairing (memory: one image each)
+    sync_wait_s: float = 0.05  # a frame waits at most this long for odometry/depth stamped at or after it (0 = never)
+    diagnostics_period_s: float = 1.0  # diagnostic_msgs/DiagnosticArray on /diagnostics every period (0 = off)
+    latency_budget_ms: float = 500.0  # diagnostics warn when the per-frame latency p95 exceeds this (0 = never)
+    map_frame: str = "map"  # frame of the keyframe / loop-edge markers (the odometry poses' frame)
+    markers_period_s: float = 1.0  # visualization_msgs/MarkerArray on ~/markers at most this often (0 = off)
+    debug_image: bool = False  # publish ~/debug_image: query beside its best match, with the decision drawn
+    debug_thumbnails: int = 256  # keyframe thumbnails kept for the debug image (LRU; ~130 kB each at 4:3)
 
 
 @dataclass

@@ -3,21 +3,28 @@
 The executor thread only converts and enqueues; a worker thread runs the model so callbacks
 never block. The queue is bounded: when the model falls behind, the oldest frame is dropped
 and counted. Bad frames are dropped and counted, never fatal; the map survives restarts.
+Issue #10's interface lives in its own modules: side inputs (odometry, CameraInfo, depth) in
+vpr_ros.inputs, services in vpr_ros.services, /diagnostics, ~/markers and ~/debug_image in
+vpr_ros.diagnostics, vpr_ros.markers and vpr_ros.debug_image; a MultiThreadedExecutor lets
+relocalisation run beside the image callbacks.
 """
 from __future__ import annotations
 
 import queue
 import sys
 import threading
+import weakref
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
+from visualization_msgs.msg import MarkerArray
 
 from vpr_core.images import ImageError
 from vpr_core.map_database import DescriptorError, MapError
@@ -25,7 +32,12 @@ from vpr_core.pipeline import PlaceRecognizer
 from vpr_msgs.msg import LoopClosure, PlaceMatch
 from vpr_msgs.srv import LoadMap, SaveMap
 from vpr_ros.conversions import (compressed_to_rgb, image_to_rgb, loop_closure_msg, place_match_msg, to_ns)
+from vpr_ros.debug_image import DebugImagePublisher
+from vpr_ros.diagnostics import DiagnosticsReporter, Snapshot, retry
+from vpr_ros.inputs import SensorInputs, image_topics
+from vpr_ros.markers import LoopGraphMarkers
 from vpr_ros.parameters import declare_config
+from vpr_ros.services import LoopClosureServices, no_pose_reason
 
 Frame = tuple  # (decode: Callable[[], np.ndarray], stamp_ns: int, frame_id: str)
 
@@ -47,11 +59,16 @@ class LoopClosureNode(Node):
         n = self.cfg.node
         self.pub_match = self.create_publisher(PlaceMatch, n.place_match_topic, reliable)
         self.pub_closure = self.create_publisher(LoopClosure, n.loop_closure_topic, reliable)
-        self.create_subscription(Image, n.image_topic, self._on_image, qos_profile_sensor_data)
+        topics = image_topics(n)
+        for topic in topics:
+            self.create_subscription(Image, topic, self._on_image, qos_profile_sensor_data)
         if n.compressed_topic:
             self.create_subscription(CompressedImage, n.compressed_topic, self._on_compressed, qos_profile_sensor_data)
         self.create_service(SaveMap, "~/save_map", self._on_save)
         self.create_service(LoadMap, "~/load_map", self._on_load)
+        self.sensors = SensorInputs(self, n, topics)
+        self._received = 0  # frames that reached a callback (diagnostics: rate in)
+        self._setup_interface(topics)
         self._queue: "queue.Queue[Optional[Frame]]" = queue.Queue(maxsize=max(1, n.queue_size))
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="vpr_worker", daemon=True)
@@ -69,6 +86,7 @@ class LoopClosureNode(Node):
         self._enqueue((lambda: compressed_to_rgb(msg), self._stamp(msg.header), msg.header.frame_id))
 
     def _enqueue(self, frame: Frame) -> None:
+        self._received += 1
         while True:
             try:
                 self._queue.put_nowait(frame)
@@ -97,7 +115,10 @@ class LoopClosureNode(Node):
     def _process(self, decode: Callable[[], np.ndarray], stamp_ns: int, frame_id: str) -> None:
         try:
             rgb = decode()
-            result = self.recognizer.process(rgb, stamp_ns, frame_id or self.cfg.node.default_frame_id)
+            frame_id = frame_id or self.cfg.node.default_frame_id
+            side = self.sensors.for_frame(stamp_ns, frame_id)  # odometry pose, intrinsics, depth
+            result = self.recognizer.process(rgb, stamp_ns, frame_id, pose=side.pose, camera=side.camera,
+                                             depth=side.depth)
         except (ImageError, DescriptorError) as exc:
             reason = "bad_image" if isinstance(exc, ImageError) else "bad_descriptor"
             count = self.recognizer.drop(reason)
@@ -111,14 +132,63 @@ class LoopClosureNode(Node):
         if not self.context.ok():  # shutting down: the map keeps the frame, nobody is listening
             return
         self.pub_match.publish(place_match_msg(result.place_match))
+        no_pose = no_pose_reason(self.recognizer, side.camera)
+        if self.debug is not None:
+            self.debug.frame(rgb, result, no_pose)
         if result.loop_closure is not None:
             lc = result.loop_closure
-            self.pub_closure.publish(loop_closure_msg(lc))
+            self.pub_closure.publish(loop_closure_msg(lc, no_pose))
+            self.markers.add_closure(lc.query.pose, lc.match.keyframe.pose)
             v = lc.verification
             checked = "" if v.method == "none" else (f", {v.method}: {v.num_matches} matches"
                                                      + (f", {v.num_inliers} inliers" if v.num_inliers >= 0 else ""))
             self.get_logger().info(f"loop closure: frame {lc.query.id} <-> keyframe {lc.match.id} "
                                    f"(score {lc.score:.3f}{checked})")
+
+    # ---- issue #10: services, diagnostics, markers, debug image ---------------------------------
+    def _setup_interface(self, topics) -> None:
+        n = self.cfg.node
+        LoopClosureServices(self, self.recognizer, self.sensors, self._on_map_reset)
+        self.debug = DebugImagePublisher(self, n.debug_thumbnails) if n.debug_image else None
+        self.diagnostics = DiagnosticsReporter(self.get_fully_qualified_name(), n.latency_budget_ms)
+        self.markers = LoopGraphMarkers(n.map_frame)
+        self._marked_db = weakref.ref(self.recognizer.db)  # a map swapped (load, reset) clears the markers
+        if n.diagnostics_period_s > 0:
+            self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            self.create_timer(n.diagnostics_period_s, self._publish_diagnostics)
+        if n.markers_period_s > 0:
+            self.pub_markers = self.create_publisher(MarkerArray, "~/markers", QoSProfile(depth=2))
+            self.create_timer(n.markers_period_s, self._publish_markers)
+        self._inputs = {"input.images": ", ".join(topics), "input.camera_info": ", ".join(self.sensors.info_topics),
+                        "input.odometry": n.odom_topic, "input.depth": n.depth_topic}
+        self.get_logger().info("inputs: " + "; ".join(f"{k[6:]} {v or 'off'}" for k, v in self._inputs.items()))
+
+    def _on_map_reset(self) -> None:
+        self.markers.reset()
+        if self.debug is not None:
+            self.debug.reset()
+
+    def _publish_diagnostics(self) -> None:
+        try:
+            rec = self.recognizer
+            snap = Snapshot(retry(rec.stats.summary), retry(lambda: list(rec.stats.latencies_ms)), self._received,
+                            len(rec.db), rec.mode, retry(lambda: dict(self.sensors.missing)), self._inputs)
+            self.pub_diagnostics.publish(self.diagnostics.array(snap, self.get_clock().now().to_msg()))
+        except Exception as exc:  # a report must never take the node down
+            self.get_logger().error(f"diagnostics failed: {type(exc).__name__}: {exc}", throttle_duration_sec=30.0)
+
+    def _publish_markers(self) -> None:
+        try:
+            db = self.recognizer.db
+            if db is not self._marked_db():
+                self.markers.reset()
+                self._marked_db = weakref.ref(db)
+            poses = retry(lambda: [kf.pose for kf in db.keyframes.values()])
+            msg = self.markers.message(poses, self.get_clock().now().to_msg())
+            if msg is not None:
+                self.pub_markers.publish(msg)
+        except Exception as exc:  # a drawing must never take the node down
+            self.get_logger().error(f"markers failed: {type(exc).__name__}: {exc}", throttle_duration_sec=30.0)
 
     # ---- map services ------------------------------------------------------------------------
     def _map_path(self, requested: str) -> Optional[Path]:
@@ -179,15 +249,17 @@ class LoopClosureNode(Node):
 def main(args=None) -> int:
     rclpy.init(args=args)
     node = None
+    executor = MultiThreadedExecutor()  # ~/query_place runs beside the image callbacks
     try:
         node = LoopClosureNode()
-        rclpy.spin(node)
+        rclpy.spin(node, executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # configuration errors: one clear line, non-zero exit
         print(f"loop_closure_node: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
+        executor.shutdown()  # callbacks still running on its threads (a timer mid-publish) end before the node goes
         if node is not None:
             node.shutdown()
             node.destroy_node()
