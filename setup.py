@@ -28,6 +28,8 @@ setup(
             "vpr-core = vpr_core.cli:main",
             "vpr-benchmark = offline_eval.benchmark:main",
             "vpr-demo = offline_eval.demo:main",
+            "vpr-closures = offline_eval.closures:main",
+            "vpr-pose-benchmark = offline_eval.pose_benchmark:main",
         ],
     },
 )

@@ -42,6 +42,8 @@ def benchmark_config(cfg: Config, top_k: int = 10) -> Config:
     cfg.detector.keyframe_min_interval_s = 0.0
     cfg.detector.keyframe_max_similarity = 1.0
     cfg.detector.exclude_recent_count = 0
+    cfg.detector.exclude_recent_change = 0.0
+    cfg.detector.exclude_recent_m = 0.0
     cfg.detector.exclude_recent_s = 0.0
     return cfg
 

@@ -47,14 +47,14 @@ def write_params(cfg: Config, path: Path) -> Path:
 
 
 def _prune_empty(d: Dict[str, Any]) -> Dict[str, Any]:
-    """ROS 2's params-file parser mis-nests the keys after an empty mapping (`head: {}`); an absent
-    section means the same to vpr_core, so leave empty sections out."""
+    """ROS 2's params-file parser mis-nests the keys after an empty mapping (`head: {}`) and reads an
+    empty list as unset; absent means the same to vpr_core, so leave empty sections and lists out."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
             v = _prune_empty(v)
-            if not v:
-                continue
+        if v == {} or v == []:
+            continue
         out[k] = v
     return out
 

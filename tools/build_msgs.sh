@@ -76,8 +76,10 @@ unset _ROS_WHEELS_BOOTSTRAP_COMPLETE
 AMENT_PREFIX_PATH="$VENV" "$PY" - <<'EOF'
 from rclpy.serialization import deserialize_message, serialize_message
 from vpr_msgs.msg import LoopClosure, PlaceMatch
-from vpr_msgs.srv import LoadMap, SaveMap
+from vpr_msgs.srv import LoadMap, QueryPlace, ResetMap, SaveMap, SetMode
 LoopClosure(); SaveMap.Request(); SaveMap.Response(); LoadMap.Request(); LoadMap.Response()
+for srv in (QueryPlace, ResetMap, SetMode):
+    srv.Request(); srv.Response()
 m = PlaceMatch(query_id=7, candidate_ids=[3, 1], scores=[0.9, 0.5], candidate_frame_ids=["cam", "cam"])
 back = deserialize_message(serialize_message(m), PlaceMatch)
 assert back == m, (back, m)

@@ -16,6 +16,7 @@ import yaml
 
 from vpr_core.config_rules import (CONFIG_RULES, INTERPOLATIONS, MAX_INPUT_PIXELS, MAX_LOCAL_FEATURES,  # noqa: F401
                                    PRECISIONS, QOS_PROFILES, Rule)
+from vpr_core.geometry.pose import PoseConfig
 
 
 class ConfigError(ValueError):
@@ -69,16 +70,36 @@ class DetectorConfig:
     exclude_recent_count: int = 10  # never match the N most recently added keyframes
     exclude_recent_s: float = 5.0  # never match keyframes closer in time than this (seconds)
     loop_threshold: float = 0.90  # cosine similarity a candidate needs to become a loop closure
-    temporal_consistency: int = 2  # consecutive frames that must agree before a closure is published
+    temporal_consistency: int = 3  # consecutive frames that must agree before a closure is published
     consistency_window: int = 5  # ids two consecutive matches may differ by and still "agree"
     mapping: bool = True  # add keyframes to the map (false = localise against a fixed map)
     keyframe_min_interval_s: float = 0.0  # min time between keyframes
     keyframe_max_similarity: float = 1.0  # skip a keyframe this similar to the previous one (1 = never skip)
+    keyframe_min_distance_m: float = 0.0  # with poses (odometry): min travelled distance between keyframes (0 = off)
+    keyframe_min_rotation_deg: float = 0.0  # with poses: a turn this large also makes a keyframe (0 = off)
+    exclude_recent_m: float = 0.0  # with poses: never match keyframes within this travelled distance (0 = off)
+    exclude_recent_change: float = 5.0  # never match keyframes less than this appearance change ago (sum of
+    #                                     1 - cosine between consecutive frames): the window grows while the view
+    #                                     barely changes (standing still, tunnels, uniform corridors) (0 = off)
+    sequence_length: int = 20  # frames in the aligned sequence a candidate is scored over (1 = single frame)
+    sequence_candidates: int = 20  # map candidates per frame that seed the sequence hypotheses
+    sequence_contrast_window: int = 5  # standardise each similarity against the keyframes within this many
+    #                                    map positions (SeqSLAM contrast enhancement; 0 = raw cosine)
+    sequence_support: float = 0.5  # ... or this sequence score when the matched keyframe's own cosine reaches
+    #                                loop_threshold (strong single frame, supported by the sequence; 0 = off)
+    sequence_threshold: float = 1.0  # the sequence score a closure needs (standard deviations above the
+    #                                   neighbourhood with contrast on, else a mean cosine); loop_threshold
+    #                                   applies when sequence_length is 1
+    sequence_velocities: List[float] = field(default_factory=lambda: [0.8, 1.0, 1.25])  # map keyframes per query frame
+    min_margin: float = 0.0  # best score minus the best *other* place's score must reach this (0 = off)
+    margin_window: int = 5  # keyframes within this many map positions of the best count as the same place
 
 
 @dataclass
 class NodeConfig:
-    image_topic: str = "image"  # sensor_msgs/Image input
+    image_topics: List[str] = field(default_factory=lambda: ["image"])  # sensor_msgs/Image inputs, one per camera;
+    #                                                                     frames keep their header.frame_id
+    image_topic: str = ""  # compatibility (launch argument): when set, the only image topic, replacing image_topics
     compressed_topic: str = "image/compressed"  # sensor_msgs/CompressedImage input ("" = off)
     place_match_topic: str = "place_match"
     loop_closure_topic: str = "loop_closure"
@@ -91,6 +112,22 @@ class NodeConfig:
     qos: str = "sensor_data"
     loss_gap_factor: float = 1.5  # a stamp gap over this many median frame periods counts the frames missing in it as lost (0 = off)
     loss_window: int = 30  # frame periods the median is taken over
+    # sensor_msgs/CameraInfo beside each image topic (<image topic's namespace>/<this>), matched to frames by
+    # header.frame_id; the intrinsics of the relative pose ("" = off: camera.K only)
+    camera_info_topic: str = "camera_info"
+    odom_topic: str = ""  # nav_msgs/Odometry: each frame gets the pose nearest its stamp ("" = off)
+    odom_max_dt_s: float = 0.1  # a frame further than this from every odometry stamp gets no pose (counted)
+    odom_buffer: int = 500  # odometry poses kept for pairing (5 s at 100 Hz)
+    depth_topic: str = ""  # aligned depth (32FC1 m / 16UC1 mm) for metric poses, same frame_id as its image ("" = off)
+    depth_max_dt_s: float = 0.01  # depth further than this from a frame's stamp is not paired (0 = exact stamp)
+    depth_buffer: int = 16  # depth images kept per camera frame for pairing (memory: one image each)
+    sync_wait_s: float = 0.05  # a frame waits at most this long for odometry/depth stamped at or after it (0 = never)
+    diagnostics_period_s: float = 1.0  # diagnostic_msgs/DiagnosticArray on /diagnostics every period (0 = off)
+    latency_budget_ms: float = 500.0  # diagnostics warn when the per-frame latency p95 exceeds this (0 = never)
+    map_frame: str = "map"  # frame of the keyframe / loop-edge markers (the odometry poses' frame)
+    markers_period_s: float = 1.0  # visualization_msgs/MarkerArray on ~/markers at most this often (0 = off)
+    debug_image: bool = False  # publish ~/debug_image: query beside its best match, with the decision drawn
+    debug_thumbnails: int = 256  # keyframe thumbnails kept for the debug image (LRU; ~130 kB each at 4:3)
 
 
 @dataclass
@@ -108,12 +145,23 @@ class RerankConfig:
 
 
 @dataclass
+class CameraConfig:
+    """Intrinsics for the relative pose of loop closures when no sensor_msgs/CameraInfo arrives."""
+    K: List[float] = field(default_factory=list)  # [fx, fy, cx, cy] or 9 values row-major; [] = unknown (no pose)
+    width: int = 0  # image width K refers to (required with K; frames of another size get K scaled)
+    height: int = 0  # image height K refers to (required with K)
+    distortion: List[float] = field(default_factory=list)  # OpenCV order (plumb_bob k1 k2 p1 p2 k3); [] = none
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     map: MapConfig = field(default_factory=MapConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    pose: PoseConfig = field(default_factory=PoseConfig)  # thresholds of the loop's relative pose (geometry)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -123,9 +171,7 @@ class Config:
         bad parameter. Run when a Config is built and on every run-time change, so no bad value reaches a component."""
         values = flatten(self.to_dict())
         for key, rule in CONFIG_RULES.items():
-            value = values[key]
-            if not rule.holds(value):
-                raise ConfigError(f"parameter '{key}' = {value!r} is invalid: it must be {rule.expect}")
+            _check_rule(key, values[key])
         return self
 
 
@@ -159,7 +205,18 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
             kwargs[key] = dict(value)
         else:
             kwargs[key] = _coerce(value, default, prefix + key)
-    return cls(**kwargs)
+    for key, value in kwargs.items():  # before the section's own checks, so the message names the parameter
+        _check_rule(prefix + key, value)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a section's own cross-field checks (e.g. PoseConfig)
+        raise ConfigError(f"config section '{prefix.rstrip('.') or 'root'}': {exc}") from None
+
+
+def _check_rule(key: str, value: Any) -> None:
+    rule = CONFIG_RULES.get(key)
+    if rule is not None and not rule.holds(value):
+        raise ConfigError(f"parameter '{key}' = {value!r} is invalid: it must be {rule.expect}")
 
 
 def _coerce(value: Any, default: Any, key: str) -> Any:

@@ -44,9 +44,17 @@ class PlaceDataset:
     def head(self, n: int) -> "PlaceDataset":
         """The first `n` database images and the queries whose true matches lie among them (a shorter
         stretch of the same route, for quick comparisons of many models)."""
-        keep = [i for i, pos in enumerate(self.positives) if pos.size and pos.max() < n]
-        return PlaceDataset(self.name, self.root, self.database[:n], [self.queries[i] for i in keep],
-                            [self.positives[i] for i in keep])
+        return self.segment(0, n)
+
+    def segment(self, start: int, stop: int) -> "PlaceDataset":
+        """Database images [start, stop) of the route and the queries whose true matches all lie there,
+        positives renumbered: a split by route position (train / validation / test stretches)."""
+        start, stop = max(0, int(start)), min(len(self.database), int(stop))
+        if stop <= start:
+            raise DatasetError(f"route segment [{start}, {stop}) of {self.name} holds no database image")
+        keep = [i for i, pos in enumerate(self.positives) if pos.size and pos.min() >= start and pos.max() < stop]
+        return PlaceDataset(self.name, self.root, self.database[start:stop], [self.queries[i] for i in keep],
+                            [self.positives[i] - start for i in keep])
 
 
 LAYOUTS: Registry[Callable[[Path, int], Optional[PlaceDataset]]] = Registry("dataset layout")

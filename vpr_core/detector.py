@@ -1,26 +1,38 @@
 """The loop-closure decision: search result -> PlaceMatch, and -> LoopClosure when it is trustworthy.
 
-A false loop closure wrecks a SLAM map, so a closure needs a score over threshold *and*
-agreement over consecutive frames (temporal consistency, as DBoW2 loop detectors do).
-With re-ranking on (`rerank.method` mnn | degensac), the top `rerank.top_k` candidates are
-re-ordered by local-feature matching and a closure also needs its match verified (at least
-`rerank.min_inliers` mutual matches / inliers). The keyframe policy decides which frames join the map.
+A false loop closure wrecks a SLAM map, so a closure passes a chain of gates, each of which can
+reject it with a reason that is counted (`LoopClosureDetector.rejections`), so "it never fires" can
+be diagnosed: a candidate outside the recent-keyframe exclusion; its local features verified
+(re-ranking, `rerank.min_inliers`); its score over `loop_threshold` (the cosine, or with
+`sequence_length` > 1 the aligned-sequence score); a margin over the best *other* place (`min_margin`,
+the DBoW2-style normalisation that carries across environments); a valid relative pose when a
+geometry check is configured; and agreement over consecutive frames (temporal consistency).
 """
 from __future__ import annotations
 
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
 from vpr_core.config import DetectorConfig, RerankConfig
+from vpr_core.geometry import CameraModel, PoseConfig
+from vpr_core.geometry.loop import NOT_ATTEMPTED, loop_pose
+from vpr_core.keyframes import KeyframePolicy, check_pose, pose_distance
 from vpr_core.local_features import LocalFeatures
 from vpr_core.map_database import Candidate, Keyframe, MapDatabase
 from vpr_core.rerank import Verification, build_reranker, rerank
+from vpr_core.sequence import SequenceMatcher, best_other
 
-__all__ = ["FrameResult", "LoopClosure", "LoopClosureDetector", "PlaceMatch", "Verification"]
+__all__ = ["Decision", "FrameResult", "LoopClosure", "LoopClosureDetector", "PlaceMatch", "REJECTIONS",
+           "Verification"]
+
+# Why a frame did not become a loop closure, in the order the gates are applied.
+REJECTIONS = ("empty_map", "too_recent", "short_sequence", "unverified", "below_threshold", "ambiguous", "degenerate_geometry",
+              "inconsistent")
 
 
 @dataclass
@@ -44,6 +56,8 @@ class LoopClosure:
     query: Keyframe
     match: Candidate
     verification: Verification = field(default_factory=Verification)
+    sequence_score: float = float("nan")  # aligned-sequence score (NaN when sequence matching is off)
+    margin: float = float("nan")  # decision score minus the best other place's (NaN when there was none)
 
     @property
     def score(self) -> float:
@@ -51,35 +65,101 @@ class LoopClosure:
 
 
 @dataclass
+class Decision:
+    """What the gates saw for one frame: the candidate they judged, its scores and the verdict."""
+    candidate: Optional[Candidate] = None
+    score: float = float("nan")  # the score loop_threshold applies to (cosine or sequence score)
+    margin: float = float("nan")  # score minus the best other place's score
+    verified: bool = True  # local/geometric verification passed (True when none is configured)
+    streak: int = 0  # consecutive agreeing frames up to this one
+    rejected: str = ""  # one of REJECTIONS, "" when a closure was published
+    detail: str = ""  # e.g. the geometry's own reason
+
+
+@dataclass
 class FrameResult:
     place_match: PlaceMatch
     loop_closure: Optional[LoopClosure] = None
+    decision: Decision = field(default_factory=Decision)
+
+
+class PlaceLinks:
+    """Keyframes known to show one place (linked by accepted closures), as a union-find over ids."""
+
+    def __init__(self) -> None:
+        self._parent: Dict[int, int] = {}
+
+    def find(self, kid: int) -> int:
+        root = kid
+        while self._parent.get(root, root) != root:
+            root = self._parent[root]
+        while kid != root:  # path compression
+            self._parent[kid], kid = root, self._parent.get(kid, kid)
+        return root
+
+    def link(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self._parent[max(ra, rb)] = min(ra, rb)
+
+    def same(self, a: int, b: int) -> bool:
+        return self.find(a) == self.find(b)
 
 
 class LoopClosureDetector:
     """Stateful per-stream decision logic over one MapDatabase; plain Python, no ROS."""
 
-    def __init__(self, cfg: DetectorConfig, db: MapDatabase, rerank_cfg: Optional[RerankConfig] = None) -> None:
+    def __init__(self, cfg: DetectorConfig, db: MapDatabase, rerank_cfg: Optional[RerankConfig] = None,
+                 pose_cfg: Optional[PoseConfig] = None) -> None:
         if not 0.0 <= cfg.loop_threshold <= 1.0:
             raise ValueError(f"detector.loop_threshold must be a cosine similarity in [0, 1], got {cfg.loop_threshold}")
         if cfg.top_k < 1 or cfg.temporal_consistency < 1:
             raise ValueError("detector.top_k and detector.temporal_consistency must be >= 1")
+        if not cfg.min_margin >= 0 or cfg.margin_window < 0:
+            raise ValueError(f"detector.min_margin and detector.margin_window must be >= 0, "
+                             f"got {cfg.min_margin} and {cfg.margin_window}")
         self.cfg = cfg
         self.db = db
         self.rerank_cfg = rerank_cfg if rerank_cfg is not None else RerankConfig()
         self.reranker = build_reranker(self.rerank_cfg)  # None for rerank.method 'none'
+        self.sequence = SequenceMatcher(cfg.sequence_length, cfg.sequence_velocities, cfg.sequence_contrast_window)
+        self.keyframes = KeyframePolicy(cfg)
+        self.links = PlaceLinks()
+        self.pose_cfg = pose_cfg if pose_cfg is not None else PoseConfig()
+        self.cameras: Dict[str, CameraModel] = {}  # frame id -> intrinsics, from the frames that brought one
+        self.rejections: Counter = Counter()  # reason -> frames rejected for it (REJECTIONS)
         self._next_id = db.next_id
         self._streak = 0
         self._last_match: Optional[int] = None
-        self._last_kf_stamp: Optional[int] = None
-        self._last_kf_desc: Optional[np.ndarray] = None
+        self._odometer = np.zeros(2)  # [metres along the odometry poses, appearance change] since the start
+        self._last_pose: Optional[list] = None
+        self._last_desc: Optional[np.ndarray] = None
+        self._kf_odometer: Dict[int, np.ndarray] = {}  # keyframe id -> odometer when it was added
+        self._excluded = 0  # newest keyframes excluded from this frame's matches
+
+    @property
+    def threshold(self) -> float:
+        """The score a closure needs: sequence_threshold with sequence matching on, else loop_threshold."""
+        return self.cfg.sequence_threshold if self.cfg.sequence_length > 1 else self.cfg.loop_threshold
+
+    @property
+    def mapping(self) -> bool:
+        """True: frames may become keyframes; False: localise against a fixed map."""
+        return self.cfg.mapping
+
+    @mapping.setter
+    def mapping(self, value: bool) -> None:
+        self.cfg.mapping = bool(value)
 
     def reset_map(self, db: MapDatabase) -> None:
-        """Switch to another map (after a load); ids keep increasing so they never collide."""
+        """Switch to another map (after a load or a reset); ids keep increasing so they never collide."""
         self.db = db
         self._next_id = max(self._next_id, db.next_id)
         self._streak, self._last_match = 0, None
-        self._last_kf_stamp, self._last_kf_desc = None, None
+        self.keyframes.reset()
+        self.sequence.reset()
+        self.links = PlaceLinks()
+        self._kf_odometer.clear()
 
     @contextmanager
     def reranking_paused(self) -> Iterator[None]:
@@ -93,9 +173,15 @@ class LoopClosureDetector:
             self.reranker = reranker
 
     def process(self, descriptor: np.ndarray, stamp_ns: int, frame_id: str,
-                pose: Optional[List[float]] = None, local: Optional[LocalFeatures] = None) -> FrameResult:
+                pose: Optional[List[float]] = None, local: Optional[LocalFeatures] = None,
+                camera: Optional[CameraModel] = None, depth: Optional[np.ndarray] = None) -> FrameResult:
         """Search the map with one frame's descriptor, re-rank with its local features (when configured),
-        decide on a closure, maybe add a keyframe (with its local features, when given)."""
+        decide on a closure, maybe add a keyframe (with its local features, when given).
+
+        `pose`: the camera's odometry pose [x, y, z, qx, qy, qz, qw] (keyframe policy, distance exclusion,
+        stored with the keyframe). `camera` (intrinsics) and `depth` (aligned depth image of this frame)
+        let the closure carry a relative pose, and let degenerate geometry reject it."""
+        pose = check_pose(pose)
         query = Keyframe(self._next_id, int(stamp_ns), frame_id, pose)
         query_local = None
         if local is not None:
@@ -103,55 +189,207 @@ class LoopClosureDetector:
         elif self.reranker is not None:
             raise ValueError(f"rerank.method is '{self.rerank_cfg.method}' but the frame came without local "
                              f"features: the model needs a local head (model.local_head)")
-        k = self.cfg.top_k if self.reranker is None else max(self.cfg.top_k, self.rerank_cfg.top_k)
-        found = self.db.search(descriptor, k, query.stamp_ns, self.cfg.exclude_recent_count,
-                               int(self.cfg.exclude_recent_s * 1e9)) if len(self.db) else []
+        self.db._check(descriptor)  # a bad descriptor raises before the sequence history changes
+        self._advance_odometer(descriptor, pose)
+        if camera is not None:
+            self.cameras[frame_id] = camera
+        found = self._search(descriptor, query.stamp_ns)
         global_candidates, rerank_ms = [], 0.0
         if self.reranker is not None:
             t0 = time.perf_counter()
             head, tail = found[:self.rerank_cfg.top_k], found[self.rerank_cfg.top_k:]
-            candidates = (rerank(query_local, head, self.db.local, self.reranker) + tail)[:self.cfg.top_k]
+            candidates = rerank(query_local, head, self.db.local, self.reranker) + tail
             rerank_ms = (time.perf_counter() - t0) * 1e3
             global_candidates = found
         else:
             candidates = found
-        closure = self._decide(query, candidates)
-        is_keyframe = self._want_keyframe(descriptor, query.stamp_ns)
+        decision = self._judge(candidates, query_local, descriptor, query.stamp_ns,
+                               camera or self.cameras.get(frame_id), depth)
+        closure = self._accept(query, decision)
+        is_keyframe = self.mapping and self.keyframes.wants(descriptor, query.stamp_ns, pose)
         if is_keyframe:
-            self.db.add(descriptor, query, query_local)  # validates the descriptor first; raises before any change
-            d = np.asarray(descriptor, np.float32).reshape(-1)
-            self._last_kf_stamp, self._last_kf_desc = query.stamp_ns, d / np.linalg.norm(d)
+            self.db.add(descriptor, query, query_local)  # validated above; raises before any change
+            self.keyframes.added(descriptor, query.stamp_ns, pose)
+            self._kf_odometer[query.id] = self._odometer.copy()
+            if closure is not None:
+                self.links.link(query.id, closure.match.id)  # the new keyframe shows the matched place
         self._next_id += 1
         self.db.id_floor = self._next_id  # saved with the map, so a restarted node never reuses an id
-        return FrameResult(PlaceMatch(query, is_keyframe, candidates, global_candidates=global_candidates,
-                                      rerank_ms=rerank_ms), closure)
+        return FrameResult(PlaceMatch(query, is_keyframe, candidates[:self.cfg.top_k],
+                                      global_candidates=global_candidates, rerank_ms=rerank_ms), closure, decision)
 
-    def _decide(self, query: Keyframe, candidates: List[Candidate]) -> Optional[LoopClosure]:
-        best = candidates[0] if candidates else None
-        unverified = self.reranker is not None and not (best is not None and best.verification is not None
-                                                        and best.verification.verified)
-        if best is None or best.score < self.cfg.loop_threshold or unverified:
-            self._streak, self._last_match = 0, None
+    def relocalise(self, descriptor: np.ndarray, k: int, local: Optional[LocalFeatures] = None,
+                   camera: Optional[CameraModel] = None, depth: Optional[np.ndarray] = None) -> List[Candidate]:
+        """Where is this image in the map? Top-k over the whole map (no exclusion windows), re-ranked
+        with local features when configured, the best with a relative pose when `camera` is known.
+        Stateless: the stream's history, streak and ids are untouched."""
+        if not len(self.db):
+            return []
+        query_local = self.db.local.check(local) if local is not None else None
+        found = self.db.search(descriptor, max(k, self.rerank_cfg.top_k if self.reranker else k))
+        if self.reranker is not None and query_local is not None:
+            head, tail = found[:self.rerank_cfg.top_k], found[self.rerank_cfg.top_k:]
+            found = rerank(query_local, head, self.db.local, self.reranker) + tail
+        found = found[:k]
+        if found and camera is not None and query_local is not None:
+            d = Decision(found[0])
+            self._check_geometry(d, query_local, camera, depth)
+        return found
+
+    # ---- the gates ---------------------------------------------------------------------------
+    def _advance_odometer(self, descriptor: np.ndarray, pose: Optional[list]) -> None:
+        """Travelled distance (from poses) and appearance change (from consecutive frames) since the start."""
+        if pose is not None and self._last_pose is not None:
+            self._odometer[0] += pose_distance(pose, self._last_pose)
+        self._last_pose = pose if pose is not None else self._last_pose
+        d = np.asarray(descriptor, np.float32).reshape(-1)
+        d = d / max(float(np.linalg.norm(d)), 1e-12)
+        if self._last_desc is not None:
+            self._odometer[1] += max(0.0, 1.0 - float(d @ self._last_desc))
+        self._last_desc = d
+
+    def _recent_count(self) -> int:
+        """How many of the newest keyframes lie inside the exclusion windows: the count window, and the
+        travelled-distance and appearance-change windows (both grow monotonically, so the keyframes
+        inside them are a suffix of the insertion order; keyframes of a loaded map never are)."""
+        c = self.cfg
+        n = max(0, c.exclude_recent_count)
+        if c.exclude_recent_m <= 0 and c.exclude_recent_change <= 0:
+            return n
+        limit = np.array([c.exclude_recent_m if c.exclude_recent_m > 0 else -np.inf,
+                          c.exclude_recent_change if c.exclude_recent_change > 0 else -np.inf])
+        count = 0
+        for pos in range(len(self.db) - 1, -1, -1):
+            then = self._kf_odometer.get(self.db.keyframe_at(pos).id)
+            if then is None or not np.any(self._odometer - then < limit):
+                break
+            count += 1
+        return max(n, count)
+
+    def _search(self, descriptor: np.ndarray, stamp_ns: int) -> List[Candidate]:
+        k = self.cfg.top_k if self.reranker is None else max(self.cfg.top_k, self.rerank_cfg.top_k)
+        if self.cfg.sequence_length > 1:
+            k = max(k, self.cfg.sequence_candidates)
+        self._excluded = self._recent_count()
+        if not len(self.db):
+            return []
+        return self.db.search(descriptor, k, stamp_ns, self._excluded, int(self.cfg.exclude_recent_s * 1e9))
+
+    def _judge(self, candidates: List[Candidate], query_local: Optional[LocalFeatures], descriptor: np.ndarray,
+               stamp_ns: int, camera: Optional[CameraModel], depth: Optional[np.ndarray]) -> Decision:
+        """Apply the gates to this frame's candidates; the verdict ignores temporal consistency."""
+        positions = np.array([self.db.position(c.id) for c in candidates], np.int64)
+        self.sequence.push(descriptor, positions)
+        if self.cfg.sequence_length > 1:
+            picked = self._by_sequence(descriptor, stamp_ns, query_local)
+        else:
+            picked = self._by_frame(candidates, positions)
+        if picked is None:
+            why = "empty_map" if not len(self.db) else "too_recent" if not candidates else "short_sequence"
+            return Decision(rejected=why)
+        cand, score, other = picked
+        v = cand.verification
+        d = Decision(cand, score, score - other, v is None or v.verified)
+        if not d.verified:
+            d.rejected = "unverified"
+        elif not self._scores_enough(d):
+            d.rejected = "below_threshold"
+        elif self.cfg.min_margin > 0 and not d.margin >= self.cfg.min_margin:  # NaN: no other place to compare
+            d.rejected = "ambiguous"
+        elif camera is not None and query_local is not None:
+            self._check_geometry(d, query_local, camera, depth)
+        return d
+
+    def _check_geometry(self, d: Decision, query_local: LocalFeatures, camera: CameraModel,
+                        depth: Optional[np.ndarray]) -> None:
+        """Relative pose of the judged candidate (into its Verification); degenerate geometry rejects.
+        A pose that could not be attempted (keypoints too coarse without depth) leaves the closure
+        to the other gates and unposed."""
+        cand = d.candidate
+        stored = self.db.local.get(cand.id)
+        if stored is None:
+            d.rejected, d.detail = "degenerate_geometry", "no_local_features"
+            return
+        v = cand.verification if cand.verification is not None else Verification()
+        cand.verification = v
+        r = self.rerank_cfg
+        result = loop_pose(query_local, stored, camera, self.cameras.get(cand.keyframe.frame_id, camera),
+                           self.pose_cfg, r.match_threshold, r.ratio, depth_query=depth, fundamental=v.fundamental)
+        v.pose = result
+        if result.ok:
+            v.relative_pose = result.as_pose7()
+        elif result.reason not in NOT_ATTEMPTED:
+            d.rejected, d.detail = "degenerate_geometry", result.reason
+
+    def _scores_enough(self, d: Decision) -> bool:
+        """Single frame: cosine >= loop_threshold. Sequence: score >= sequence_threshold, or a keyframe whose
+        own cosine reaches loop_threshold supported by a sequence score >= sequence_support."""
+        c = self.cfg
+        if c.sequence_length == 1:
+            return d.score >= c.loop_threshold
+        support = c.sequence_support > 0 and d.score >= c.sequence_support and d.candidate.score >= c.loop_threshold
+        return d.score >= c.sequence_threshold or support
+
+    def _by_frame(self, candidates: List[Candidate], positions: np.ndarray) -> Optional[tuple]:
+        """Single-frame decision: the first (re-ranked) candidate, its cosine, and the best other place's
+        cosine (bounded by the last candidate's when every candidate is this place)."""
+        if not candidates:
             return None
+        scores = np.array([c.score for c in candidates], np.float32)
+        same = [self.links.same(c.id, candidates[0].id) for c in candidates]
+        other = best_other(scores, positions, 0, self.cfg.margin_window, same)
+        if np.isnan(other):
+            other = float(min(scores.min(), scores[0]))
+        return candidates[0], float(scores[0]), other
+
+    def _by_sequence(self, descriptor: np.ndarray, stamp_ns: int,
+                     query_local: Optional[LocalFeatures]) -> Optional[tuple]:
+        """Sequence decision: the best-scoring sequence end among the hypotheses outside the exclusion
+        windows, verified with local features when re-ranking is on; the best other place's score."""
+        ends = [p for p in self.sequence.hypotheses(len(self.db)) if self._matchable(int(p), stamp_ns)]
+        if not ends:
+            return None
+        ends = np.asarray(ends, np.int64)
+        scores = self.sequence.score(self.db, ends)
+        if not np.isfinite(scores).any():
+            return None  # the history is shorter than a sequence, or no line has enough map behind it
+        best = int(np.nanargmax(scores))
+        kf = self.db.keyframe_at(int(ends[best]))
+        cosine = float(self.db.descriptors_at(ends[best:best + 1])[0] @ self.sequence.current)
+        cand = Candidate(kf, cosine)
+        if self.reranker is not None and query_local is not None:
+            stored = self.db.local.get(kf.id)
+            cand.verification = (self.reranker.verify(query_local, stored) if stored is not None
+                                 else self.reranker.unverifiable())
+        same = [self.links.same(self.db.keyframe_at(int(p)).id, kf.id) for p in ends]
+        other = best_other(scores, ends, best, self.cfg.margin_window, same)
+        return cand, float(scores[best]), other  # NaN other: no competing place, margin unknown
+
+    def _matchable(self, position: int, stamp_ns: int) -> bool:
+        """Outside every exclusion window (recent count, recent time, recent travelled distance)."""
+        if position >= len(self.db) - self._excluded:
+            return False
+        window = self.cfg.exclude_recent_s * 1e9
+        return not (window > 0 and abs(stamp_ns - self.db.keyframe_at(position).stamp_ns) < window)
+
+    def _accept(self, query: Keyframe, d: Decision) -> Optional[LoopClosure]:
+        """Temporal consistency over the frames that passed the gates; count the rejection otherwise."""
+        if d.rejected:
+            self._streak, self._last_match = 0, None
+            self.rejections[d.rejected] += 1
+            return None
+        best = d.candidate
         agrees = self._last_match is not None and abs(best.id - self._last_match) <= self.cfg.consistency_window
         self._streak = self._streak + 1 if agrees else 1
         self._last_match = best.id
+        d.streak = self._streak
         if self._streak < self.cfg.temporal_consistency:
+            d.rejected = "inconsistent"
+            self.rejections[d.rejected] += 1
             return None
-        return LoopClosure(query, best, best.verification if best.verification is not None else Verification())
-
-    def _want_keyframe(self, descriptor: np.ndarray, stamp_ns: int) -> bool:
-        if not self.cfg.mapping:
-            return False
-        if self._last_kf_stamp is None:
-            return True
-        if (stamp_ns - self._last_kf_stamp) < self.cfg.keyframe_min_interval_s * 1e9:
-            return False
-        if self.cfg.keyframe_max_similarity < 1.0:
-            d = np.asarray(descriptor, np.float32).reshape(-1)
-            sim = float(np.dot(self._last_kf_desc, d) / (np.linalg.norm(d) + 1e-12))  # cosine
-            return sim < self.cfg.keyframe_max_similarity
-        return True
+        seq = d.score if self.cfg.sequence_length > 1 else float("nan")
+        return LoopClosure(query, best, best.verification if best.verification is not None else Verification(),
+                           sequence_score=seq, margin=d.margin)
 
     @property
     def next_id(self) -> int:

@@ -202,6 +202,7 @@ class MapDatabase:
             if self.index_type == "flat":  # HNSW has no GPU version; it stays on the CPU
                 self._index = faiss.index_cpu_to_all_gpus(self._cpu_index)
         self.on_gpu = self._index is not self._cpu_index
+        self._position: Dict[int, int] = {kid: p for p, kid in enumerate(self._order)}  # id -> insertion position
 
     def __len__(self) -> int:
         return len(self._order)
@@ -235,6 +236,7 @@ class MapDatabase:
         elif keyframe.local_features == LOCAL_MEMBER:  # e.g. copied from another map: its features are not here
             keyframe.local_features = ""
         self.keyframes[keyframe.id] = keyframe
+        self._position[keyframe.id] = len(self._order)
         self._order.append(keyframe.id)
 
     def local_features(self, kid: int) -> Optional[LocalFeatures]:
@@ -266,6 +268,24 @@ class MapDatabase:
                 return out
             fetch = min(len(self), fetch * 2)  # time-excluded hits used up the slack: look deeper
         return []
+
+    def position(self, kid: int) -> int:
+        """Where keyframe `kid` sits in insertion order (the route as driven): sequence matching walks it."""
+        return self._position[int(kid)]
+
+    def keyframe_at(self, position: int) -> Keyframe:
+        """The keyframe at an insertion position."""
+        return self.keyframes[self._order[int(position)]]
+
+    def descriptors_at(self, positions: np.ndarray) -> np.ndarray:
+        """Stored descriptors (n, dim) of the keyframes at these insertion positions, in one batched read
+        of the index's own storage (no copy of the map is kept beside FAISS)."""
+        positions = np.asarray(positions, np.int64).reshape(-1)
+        if not len(positions):
+            return np.zeros((0, self.dim), np.float32)
+        if positions.min() < 0 or positions.max() >= len(self):
+            raise IndexError(f"keyframe positions must lie in [0, {len(self)}), got {positions.min()}..{positions.max()}")
+        return faiss.downcast_index(self._cpu_index.index).reconstruct_batch(positions)
 
     def descriptors(self, ids: Sequence[int]) -> np.ndarray:
         """Stored descriptors of keyframes (exact for the flat index)."""
@@ -313,6 +333,7 @@ class MapDatabase:
         db._index = faiss.index_cpu_to_all_gpus(cpu) if db.on_gpu else cpu
         db.keyframes = {kf["id"]: Keyframe(**kf) for kf in contents.keyframes}
         db._order = list(contents.order)
+        db._position = {kid: p for p, kid in enumerate(db._order)}
         db.id_floor = header.get("next_id", 0)
         if contents.local_bytes is not None:
             try:

@@ -38,3 +38,25 @@ class ClosureStats:
     @property
     def recall(self) -> float:
         return self.correct / self.revisits if self.revisits else float("nan")
+
+
+@dataclass
+class PRSummary:
+    """A precision-recall curve reduced to what a SLAM user asks of it."""
+    recall_at_100: float  # highest recall with no false closure (0 when the first one is false)
+    recall_at_99: float  # highest recall at precision >= 0.99
+    auc: float  # area under the curve (trapezoid over recall, curve starting at recall 0)
+
+
+def pr_curve(precision: Sequence[float], recall: Sequence[float]) -> PRSummary:
+    """Summarise a curve given as (precision, recall) points of a threshold sweep, in any order."""
+    p, r = np.asarray(precision, np.float64), np.asarray(recall, np.float64)
+    if p.shape != r.shape:
+        raise ValueError(f"precision and recall must have the same length, got {p.shape} and {r.shape}")
+    if not len(p):
+        return PRSummary(0.0, 0.0, 0.0)
+    at = lambda level: float(r[p >= level].max()) if np.any(p >= level) else 0.0  # noqa: E731
+    order = np.lexsort((-p, r))  # by recall, the higher precision first where recall ties
+    rs = np.concatenate([[0.0], r[order]])
+    ps = np.concatenate([p[order][:1], p[order]])  # the curve starts at recall 0 with the first precision
+    return PRSummary(at(1.0), at(0.99), float(np.trapezoid(ps, rs)))

@@ -18,10 +18,11 @@ import numpy as np
 
 from vpr_core.config import Config, ConfigError
 from vpr_core.detector import FrameResult, LoopClosureDetector
+from vpr_core.geometry import CameraModel
 from vpr_core.id_floor import IdFloor
 from vpr_core.images import ImageError, ImageTooLarge, OpenCVError
 from vpr_core.local_features import LocalFeatures
-from vpr_core.map_database import DescriptorError, MapDatabase, MapError
+from vpr_core.map_database import Candidate, DescriptorError, MapDatabase, MapError
 from vpr_core.map_file import write_map_file
 from vpr_core.models import DescriptorExtractor
 
@@ -39,12 +40,31 @@ DROP_REASONS: Tuple[Tuple[type, str], ...] = (
     (DescriptorError, "bad_descriptor"),  # NaN/inf/zero descriptor or bad local features
 )
 # Run-time settable (validated first by Config.validate): the detector reads them per frame.
-RUNTIME_SETTINGS = ("detector.loop_threshold", "detector.top_k", "detector.temporal_consistency", "rerank.min_inliers")
+RUNTIME_SETTINGS = ("detector.loop_threshold", "detector.sequence_threshold", "detector.sequence_support",
+                    "detector.min_margin", "detector.top_k", "detector.temporal_consistency", "rerank.min_inliers")
 
 
 def drop_reason(exc: BaseException) -> str:
     """The stable drop-reason name for an exception raised while handling one frame."""
     return next((reason for kind, reason in DROP_REASONS if isinstance(exc, kind)), "error")
+
+
+MODES = ("mapping", "localization")
+
+
+def configured_camera(cfg: Config) -> Optional[CameraModel]:
+    """The `camera` section as a CameraModel (None when camera.K is empty); scaled to each frame's
+    size when used, so K may be given for the camera's native resolution."""
+    c = cfg.camera
+    if not c.K:
+        return None
+    if c.width <= 0 or c.height <= 0:
+        raise ConfigError("camera.K is set, so camera.width and camera.height (the image size K refers to) "
+                          "must be set too")
+    try:
+        return CameraModel.from_config(c.K, c.width, c.height, c.distortion)
+    except ValueError as exc:
+        raise ConfigError(f"camera: {exc}") from None
 
 
 @dataclass
@@ -55,13 +75,15 @@ class PipelineStats:
     loop_closures: int = 0
     dropped: Counter = field(default_factory=Counter)  # reason (DROP_REASONS, queue_full, error) -> frames
     lost_estimate: int = 0  # frames estimated lost before they arrived (gaps in header stamps)
+    rejections: Counter = field(default_factory=Counter)  # reason (detector.REJECTIONS) -> frames not closed
     latencies_ms: Deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)  # recent frames
     rerank_ms: Deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)  # re-ranked frames
 
     def summary(self) -> dict:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         return {"frames": self.frames, "keyframes": self.keyframes, "loop_closures": self.loop_closures,
-                "dropped": dict(self.dropped), "lost_estimate": self.lost_estimate, "latency_ms_median": float(np.median(lat)),
+                "dropped": dict(self.dropped), "lost_estimate": self.lost_estimate, "rejections": dict(self.rejections),
+                "latency_ms_median": float(np.median(lat)),
                 "latency_ms_p95": float(np.percentile(lat, 95)),
                 "rerank_ms_median": float(np.median(self.rerank_ms)) if self.rerank_ms else 0.0}
 
@@ -78,7 +100,8 @@ class PlaceRecognizer:
                               f"head to re-rank with: set model.local_head (e.g. {{name: feature_map, stride: 16}} "
                               f"for CNN backbones) or set rerank.method: none")
         self.db = db if db is not None else MapDatabase(self.extractor.dim, cfg.map.index, cfg.map.use_gpu)
-        self.detector = LoopClosureDetector(cfg.detector, self.db, cfg.rerank)
+        self.detector = LoopClosureDetector(cfg.detector, self.db, cfg.rerank, cfg.pose)
+        self.camera = configured_camera(cfg)  # camera.K, for frames that come without CameraInfo
         self.stats = PipelineStats()
         # local descriptor size the model produces: known from its local head before the first frame
         # (a map loaded at start must be checked too), else once seen
@@ -91,33 +114,70 @@ class PlaceRecognizer:
     def describe(self, images: List[np.ndarray]) -> np.ndarray:
         return self.extractor(images)
 
-    def process(self, image: np.ndarray, stamp_ns: int, frame_id: str) -> FrameResult:
+    def process(self, image: np.ndarray, stamp_ns: int, frame_id: str, pose: Optional[List[float]] = None,
+                camera: Optional[CameraModel] = None, depth: Optional[np.ndarray] = None) -> FrameResult:
         """Run the whole flow on one RGB frame; raises ImageError/DescriptorError on bad input.
-        Global descriptor and local features (when the model has a local head) come from one pass."""
+        Global descriptor and local features (when the model has a local head) come from one pass.
+        `pose` (odometry), `camera` (intrinsics, else camera.K) and `depth`: see LoopClosureDetector.process."""
         t0 = time.perf_counter()
         out = self.extractor.extract([image], with_local=self.extractor.has_local)
         local = out.local[0] if out.local else None
         if local is not None:
             self._local_dim = local.dim
-        return self.process_descriptor(out.global_desc[0], stamp_ns, frame_id, t0, local=local)
+        return self.process_descriptor(out.global_desc[0], stamp_ns, frame_id, t0, local=local, pose=pose,
+                                       camera=camera, depth=depth)
 
     def process_descriptor(self, desc: np.ndarray, stamp_ns: int, frame_id: str,
-                           t0: Optional[float] = None, local: Optional[LocalFeatures] = None) -> FrameResult:
+                           t0: Optional[float] = None, local: Optional[LocalFeatures] = None,
+                           pose: Optional[List[float]] = None, camera: Optional[CameraModel] = None,
+                           depth: Optional[np.ndarray] = None) -> FrameResult:
         t0 = time.perf_counter() if t0 is None else t0
         with self._lock:
             if self._ids is not None:
                 self._ids.reserve(self.detector.next_id)  # durable before the id is published
-            result = self.detector.process(desc, stamp_ns, frame_id, local=local)
+            result = self.detector.process(desc, stamp_ns, frame_id, pose=pose, local=local,
+                                           camera=camera or self.camera, depth=depth)
         result.place_match.latency_ms = (time.perf_counter() - t0) * 1e3
         s = self.stats
         s.frames += 1
         s.place_matches += 1
         s.keyframes += int(result.place_match.is_keyframe)
         s.loop_closures += int(result.loop_closure is not None)
+        if result.decision.rejected:
+            s.rejections[result.decision.rejected] += 1
         s.latencies_ms.append(result.place_match.latency_ms)
         if self.detector.reranker is not None:
             s.rerank_ms.append(result.place_match.rerank_ms)
         return result
+
+    @property
+    def mode(self) -> str:
+        """"mapping" (frames may become keyframes) or "localization" (the map is fixed)."""
+        return "mapping" if self.detector.mapping else "localization"
+
+    def set_mode(self, mode: str) -> None:
+        """Switch between building the map and localising against it, without touching the config file."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        with self._lock:
+            self.detector.mapping = mode == "mapping"
+
+    def relocalise(self, image: np.ndarray, k: int, camera: Optional[CameraModel] = None,
+                   depth: Optional[np.ndarray] = None) -> List[Candidate]:
+        """The map's top-k places for one image, re-ranked and verified when configured, the best with
+        its relative pose when intrinsics are known. Changes nothing: no keyframe, no streak, no id."""
+        if k < 1:
+            raise ValueError(f"relocalisation needs k >= 1 candidates, got {k}")
+        out = self.extractor.extract([image], with_local=self.extractor.has_local)
+        local = out.local[0] if out.local else None
+        with self._lock:
+            return self.detector.relocalise(out.global_desc[0], k, local, camera or self.camera, depth)
+
+    def reset_map(self) -> None:
+        """Forget every keyframe (ids keep increasing, so nothing published before is ever reused)."""
+        with self._lock:
+            self.db = MapDatabase(self.extractor.dim, self.cfg.map.index, self.cfg.map.use_gpu)
+            self.detector.reset_map(self.db)
 
     def drop(self, reason: str) -> int:
         """Count a frame that could not be processed; returns the running count for that reason."""

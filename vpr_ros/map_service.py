@@ -1,7 +1,7 @@
 """The node's map files: confined service paths, saves that never replace a foreign or unreadable file,
 autoload that moves an unreadable map aside, clean-up after a crashed save, the id floor beside the map
 and the periodic autosave. Plain Python around PlaceRecognizer and vpr_core.map_paths; the node wires
-it to its services, parameters and logger.
+it to its services (through vpr_ros.services.guarded, so no call can raise), parameters and logger.
 """
 from __future__ import annotations
 
@@ -9,34 +9,13 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from vpr_core.config import MapConfig
 from vpr_core.id_floor import IdFloor
 from vpr_core.map_file import MapError
 from vpr_core.map_paths import MapPathError, check_overwritable, clean_stale_temporaries, confine, map_directory, move_aside
 from vpr_core.pipeline import PlaceRecognizer
-
-
-def guarded(handler: Callable[[Any, Any], Any], log: Any, keyframes: Callable[[], int]) -> Callable[[Any, Any], Any]:
-    """A service callback that never raises (an exception in a callback ends rclpy.spin, and the node):
-    anything unexpected is answered with success=false and the reason, and logged."""
-    def call(request: Any, response: Any) -> Any:
-        try:
-            return handler(request, response)
-        except Exception as exc:  # noqa: BLE001 -- the whole point: answer instead of crashing
-            message = f"failed: {type(exc).__name__}: {exc}"
-            log.error(f"service call {getattr(handler, '__name__', handler)} {message}")
-            for name, value in (("success", False), ("message", message)):
-                if hasattr(response, name):
-                    setattr(response, name, value)
-            if hasattr(response, "num_keyframes"):
-                try:
-                    response.num_keyframes = keyframes()
-                except Exception:  # noqa: BLE001
-                    pass
-            return response
-    return call
 
 
 class MapFiles:

@@ -4,21 +4,28 @@ The executor thread only converts and enqueues; a worker thread runs the model s
 never block. The queue is bounded: when the model falls behind, the oldest frame is dropped
 and counted. Bad frames are dropped and counted by reason, never fatal; oversized frames are
 refused before decoding; the map survives restarts and crashes (vpr_ros.map_service).
+Issue #10's interface lives in its own modules: side inputs (odometry, CameraInfo, depth) in
+vpr_ros.inputs, services in vpr_ros.services, /diagnostics, ~/markers and ~/debug_image in
+vpr_ros.diagnostics, vpr_ros.markers and vpr_ros.debug_image; a MultiThreadedExecutor lets
+relocalisation run beside the image callbacks.
 """
 from __future__ import annotations
 
 import queue
 import sys
 import threading
-from typing import Callable, Optional
+import weakref
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
+from visualization_msgs.msg import MarkerArray
 
 from vpr_core.config import ConfigError
 from vpr_core.frame_gaps import GapEstimator
@@ -27,11 +34,17 @@ from vpr_core.pipeline import PlaceRecognizer, drop_reason
 from vpr_msgs.msg import LoopClosure, PlaceMatch
 from vpr_msgs.srv import LoadMap, SaveMap
 from vpr_ros.conversions import (compressed_to_rgb, image_to_rgb, loop_closure_msg, place_match_msg, to_ns)
-from vpr_ros.map_service import MapFiles, guarded
+from vpr_ros.debug_image import DebugImagePublisher
+from vpr_ros.diagnostics import DiagnosticsReporter, Snapshot, retry
+from vpr_ros.inputs import SensorInputs, image_topics
+from vpr_ros.map_service import MapFiles
+from vpr_ros.markers import LoopGraphMarkers
 from vpr_ros.parameters import declare_config, parameter_changes
 from vpr_ros.qos import subscription_qos
+from vpr_ros.services import LoopClosureServices, guarded, no_pose_reason
 
 Frame = tuple  # (decode: Callable[[], np.ndarray], stamp_ns: int, frame_id: str)
+MAX_STREAMS = 64  # (input, frame id) streams whose stamp gaps are tracked for the lost-frame estimate
 
 
 class LoopClosureNode(Node):
@@ -53,14 +66,18 @@ class LoopClosureNode(Node):
         self.pub_match = self.create_publisher(PlaceMatch, n.place_match_topic, reliable)
         self.pub_closure = self.create_publisher(LoopClosure, n.loop_closure_topic, reliable)
         qos = subscription_qos(n.qos, n.queue_size)
-        self._gaps = {topic: GapEstimator(n.loss_gap_factor, n.loss_window) for topic in ("raw", "compressed")}
-        self.create_subscription(Image, n.image_topic, self._on_image, qos)
+        self._gaps: Dict[Tuple[str, str], GapEstimator] = {}  # (input, frame id) -> stamp-gap estimator
+        topics = image_topics(n)
+        for topic in topics:
+            self.create_subscription(Image, topic, self._on_image, qos)
         if n.compressed_topic:
             self.create_subscription(CompressedImage, n.compressed_topic, self._on_compressed, qos)
-        keyframes = lambda: len(self.recognizer.db)  # noqa: E731
-        self.create_service(SaveMap, "~/save_map", guarded(self.maps.handle_save, self.get_logger(), keyframes))
-        self.create_service(LoadMap, "~/load_map", guarded(self.maps.handle_load, self.get_logger(), keyframes))
+        self.create_service(SaveMap, "~/save_map", guarded(self.maps.handle_save, self.get_logger()))
+        self.create_service(LoadMap, "~/load_map", guarded(self.maps.handle_load, self.get_logger()))
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.sensors = SensorInputs(self, n, topics)
+        self._received = 0  # frames that reached a callback (diagnostics: rate in)
+        self._setup_interface(topics)
         self._queue: "queue.Queue[Optional[Frame]]" = queue.Queue(maxsize=max(1, n.queue_size))
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="vpr_worker", daemon=True)
@@ -69,8 +86,13 @@ class LoopClosureNode(Node):
     # ---- input -------------------------------------------------------------------------------
     def _stamp(self, header, stream: str) -> int:
         ns = to_ns(header.stamp)
-        if ns > 0:
-            self.recognizer.count_lost(self._gaps[stream].observe(ns))  # frames that never arrived
+        if ns > 0:  # frames that never arrived show as gaps in a camera's stamps
+            key = (stream, header.frame_id)
+            gaps = self._gaps.get(key)
+            if gaps is None and len(self._gaps) < MAX_STREAMS:
+                gaps = self._gaps[key] = GapEstimator(self.cfg.node.loss_gap_factor, self.cfg.node.loss_window)
+            if gaps is not None:
+                self.recognizer.count_lost(gaps.observe(ns))
         return ns if ns > 0 else self.get_clock().now().nanoseconds
 
     def _on_image(self, msg: Image) -> None:
@@ -83,6 +105,7 @@ class LoopClosureNode(Node):
                        msg.header.frame_id))
 
     def _enqueue(self, frame: Frame) -> None:
+        self._received += 1
         while True:
             try:
                 self._queue.put_nowait(frame)
@@ -111,7 +134,10 @@ class LoopClosureNode(Node):
     def _process(self, decode: Callable[[], np.ndarray], stamp_ns: int, frame_id: str) -> None:
         try:
             rgb = decode()
-            result = self.recognizer.process(rgb, stamp_ns, frame_id or self.cfg.node.default_frame_id)
+            frame_id = frame_id or self.cfg.node.default_frame_id
+            side = self.sensors.for_frame(stamp_ns, frame_id)  # odometry pose, intrinsics, depth
+            result = self.recognizer.process(rgb, stamp_ns, frame_id, pose=side.pose, camera=side.camera,
+                                             depth=side.depth)
         except Exception as exc:  # never let one frame kill the node: drop it, counted by reason
             reason = drop_reason(exc)
             count = self.recognizer.drop(reason)
@@ -122,19 +148,68 @@ class LoopClosureNode(Node):
         if not self.context.ok():  # shutting down: the map keeps the frame, nobody is listening
             return
         self.pub_match.publish(place_match_msg(result.place_match))
+        no_pose = no_pose_reason(self.recognizer, side.camera)
+        if self.debug is not None:
+            self.debug.frame(rgb, result, no_pose)
         if result.loop_closure is not None:
             lc = result.loop_closure
-            self.pub_closure.publish(loop_closure_msg(lc))
+            self.pub_closure.publish(loop_closure_msg(lc, no_pose))
+            self.markers.add_closure(lc.query.pose, lc.match.keyframe.pose)
             v = lc.verification
             checked = "" if v.method == "none" else (f", {v.method}: {v.num_matches} matches"
                                                      + (f", {v.num_inliers} inliers" if v.num_inliers >= 0 else ""))
             self.get_logger().info(f"loop closure: frame {lc.query.id} <-> keyframe {lc.match.id} "
                                    f"(score {lc.score:.3f}{checked})")
 
+    # ---- issue #10: services, diagnostics, markers, debug image ---------------------------------
+    def _setup_interface(self, topics) -> None:
+        n = self.cfg.node
+        LoopClosureServices(self, self.recognizer, self.sensors, self._on_map_reset)
+        self.debug = DebugImagePublisher(self, n.debug_thumbnails) if n.debug_image else None
+        self.diagnostics = DiagnosticsReporter(self.get_fully_qualified_name(), n.latency_budget_ms)
+        self.markers = LoopGraphMarkers(n.map_frame)
+        self._marked_db = weakref.ref(self.recognizer.db)  # a map swapped (load, reset) clears the markers
+        if n.diagnostics_period_s > 0:
+            self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            self.create_timer(n.diagnostics_period_s, self._publish_diagnostics)
+        if n.markers_period_s > 0:
+            self.pub_markers = self.create_publisher(MarkerArray, "~/markers", QoSProfile(depth=2))
+            self.create_timer(n.markers_period_s, self._publish_markers)
+        self._inputs = {"input.images": ", ".join(topics), "input.camera_info": ", ".join(self.sensors.info_topics),
+                        "input.odometry": n.odom_topic, "input.depth": n.depth_topic}
+        self.get_logger().info("inputs: " + "; ".join(f"{k[6:]} {v or 'off'}" for k, v in self._inputs.items()))
+
+    def _on_map_reset(self) -> None:
+        self.markers.reset()
+        if self.debug is not None:
+            self.debug.reset()
+
+    def _publish_diagnostics(self) -> None:
+        try:
+            rec = self.recognizer
+            snap = Snapshot(retry(rec.stats.summary), retry(lambda: list(rec.stats.latencies_ms)), self._received,
+                            len(rec.db), rec.mode, retry(lambda: dict(self.sensors.missing)), self._inputs)
+            self.pub_diagnostics.publish(self.diagnostics.array(snap, self.get_clock().now().to_msg()))
+        except Exception as exc:  # a report must never take the node down
+            self.get_logger().error(f"diagnostics failed: {type(exc).__name__}: {exc}", throttle_duration_sec=30.0)
+
+    def _publish_markers(self) -> None:
+        try:
+            db = self.recognizer.db
+            if db is not self._marked_db():
+                self.markers.reset()
+                self._marked_db = weakref.ref(db)
+            poses = retry(lambda: [kf.pose for kf in db.keyframes.values()])
+            msg = self.markers.message(poses, self.get_clock().now().to_msg())
+            if msg is not None:
+                self.pub_markers.publish(msg)
+        except Exception as exc:  # a drawing must never take the node down
+            self.get_logger().error(f"markers failed: {type(exc).__name__}: {exc}", throttle_duration_sec=30.0)
+
     # ---- run-time parameters ---------------------------------------------------------------------
     def _on_set_parameters(self, params) -> SetParametersResult:
-        """`ros2 param set`: thresholds, top_k, temporal consistency, min_inliers and map.path apply from
-        the next frame (checked by the same rules as at start); anything else is refused with the reason."""
+        """`ros2 param set`: detector thresholds, top_k, temporal consistency, min_inliers and map.path apply
+        from the next frame (checked by the same rules as at start); any other config parameter is refused."""
         try:
             changes = parameter_changes(self.cfg, params)
             if changes.get("map.path"):
@@ -164,15 +239,17 @@ class LoopClosureNode(Node):
 def main(args=None) -> int:
     rclpy.init(args=args)
     node = None
+    executor = MultiThreadedExecutor()  # ~/query_place runs beside the image callbacks
     try:
         node = LoopClosureNode()
-        rclpy.spin(node)
+        rclpy.spin(node, executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # configuration errors: one clear line, non-zero exit
         print(f"loop_closure_node: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
+        executor.shutdown()  # callbacks still running on its threads (a timer mid-publish) end before the node goes
         if node is not None:
             node.shutdown()
             node.destroy_node()

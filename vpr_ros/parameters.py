@@ -20,8 +20,9 @@ RUNTIME_PARAMETERS = (*RUNTIME_SETTINGS, "map.path")
 
 def _loose(key: str, default: Any) -> bool:
     """Parameters whose YAML type may differ from the default's: `5` for a float (vpr_core turns it
-    into 5.0, so the file means the same to both), a boolean for an auto|true|false setting."""
-    return key in TRISTATE_KEYS or isinstance(default, float)
+    into 5.0, so the file means the same to both), a boolean for an auto|true|false setting, any list
+    for an empty-list default (ROS cannot type an empty array)."""
+    return key in TRISTATE_KEYS or isinstance(default, float) or (isinstance(default, list) and not default)
 
 
 def declare_config(node: Node, overrides: Mapping[str, Any]) -> Config:
@@ -41,6 +42,9 @@ def declare_config(node: Node, overrides: Mapping[str, Any]) -> Config:
     values = {k: node.declare_parameter(k, defaults[k] if k in defaults else overrides[k].value,
                                         ParameterDescriptor(dynamic_typing=_loose(k, defaults.get(k)))).value
               for k in sorted(names)}
+    for k, v in values.items():  # an empty-list default is declared unset: it reads back as None
+        if v is None and defaults.get(k) == []:
+            values[k] = []
     return config_from_dict(unflatten(values))
 
 

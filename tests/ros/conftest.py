@@ -5,34 +5,38 @@ with logs in a temp dir. The node under test is `python -m vpr_ros.node --ros-ar
 started through `offline_eval.replay.NodeProcess`; start-up costs ~5-10 s (torch + model), so
 test modules share one node run where the node's state allows it.
 
-The in-process `VprClient` publishes images (raw and compressed), records every PlaceMatch and
-LoopClosure the node publishes, and calls the map services; a SingleThreadedExecutor spins it in a
-background thread, so tests simply block on events with timeouts.
+The in-process `VprClient` publishes images (raw and compressed) and side streams (odometry,
+CameraInfo, depth, more cameras), records every PlaceMatch, LoopClosure, /diagnostics, ~/markers and
+~/debug_image message the node publishes, and calls its services; a SingleThreadedExecutor spins it
+in a background thread, so tests simply block on events with timeouts.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
 import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
 
 from offline_eval.replay import NodeProcess, write_params
 from vpr_core.config import load_config
 from vpr_core.images import load_image
 from vpr_msgs.msg import LoopClosure, PlaceMatch
-from vpr_msgs.srv import LoadMap, SaveMap
+from vpr_msgs.srv import LoadMap, QueryPlace, ResetMap, SaveMap, SetMode
 from vpr_ros.conversions import rgb_to_image, to_ns, to_time
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -118,12 +122,23 @@ class VprClient:
         self.pub_compressed = self.node.create_publisher(CompressedImage, "image/compressed", reliable)
         self.place_matches: List[Any] = []
         self.loop_closures: List[Any] = []
+        self.diagnostics: List[Any] = []  # DiagnosticArray from /diagnostics
+        self.markers: List[Any] = []  # MarkerArray from ~/markers
+        self.debug_images: List[Any] = []  # Image from ~/debug_image
+        self._pubs: Dict[tuple, Any] = {}  # (msg type, topic) -> publisher, see publisher()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self.node.create_subscription(PlaceMatch, "place_match", self._on_match, QoSProfile(depth=1000))
         self.node.create_subscription(LoopClosure, "loop_closure", self._on_closure, QoSProfile(depth=1000))
+        for kind, topic, record in ((DiagnosticArray, "/diagnostics", self.diagnostics),
+                                    (MarkerArray, f"/{NODE_NAME}/markers", self.markers),
+                                    (Image, f"/{NODE_NAME}/debug_image", self.debug_images)):
+            self.node.create_subscription(kind, topic, functools.partial(self._record, record), QoSProfile(depth=100))
         self.save_client = self.node.create_client(SaveMap, f"/{NODE_NAME}/save_map")
         self.load_client = self.node.create_client(LoadMap, f"/{NODE_NAME}/load_map")
+        self.query_client = self.node.create_client(QueryPlace, f"/{NODE_NAME}/query_place")
+        self.mode_client = self.node.create_client(SetMode, f"/{NODE_NAME}/set_mode")
+        self.reset_client = self.node.create_client(ResetMap, f"/{NODE_NAME}/reset_map")
         self._next_stamp = STAMP_BASE_NS
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
@@ -141,11 +156,32 @@ class VprClient:
             self.loop_closures.append(msg)
             self._cond.notify_all()
 
+    def _record(self, record: List[Any], msg) -> None:
+        with self._cond:
+            record.append(msg)
+            self._cond.notify_all()
+
     # bookkeeping
     def reset(self) -> None:
         with self._cond:
-            self.place_matches.clear()
-            self.loop_closures.clear()
+            for record in (self.place_matches, self.loop_closures, self.diagnostics, self.markers, self.debug_images):
+                record.clear()
+
+    def wait_for(self, record: List[Any], predicate: Callable[[Any], bool], timeout: float = FRAME_TIMEOUT_S,
+                 what: str = "message", after: int = 0):
+        """The first message of `record` (from index `after`) satisfying `predicate`, waiting up to `timeout`;
+        fails the test naming `what` when none arrives."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for msg in record[after:]:
+                    if predicate(msg):
+                        return msg
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, 0.2))
+        pytest.fail(f"no {what} within {timeout:.0f} s ({len(record)} received)")
 
     def next_stamp(self) -> int:
         """A fresh, strictly increasing image stamp (5 Hz spacing) unique within the session."""
@@ -191,10 +227,32 @@ class VprClient:
         return CompressedImage(header=Header(stamp=to_time(stamp_ns), frame_id=frame_id), format=fmt,
                                data=bytes(data))
 
-    def publish(self, msg) -> int:
-        """Publish an Image or CompressedImage; returns its stamp in ns."""
-        (self.pub_compressed if isinstance(msg, CompressedImage) else self.pub_image).publish(msg)
+    def publish(self, msg, topic: Optional[str] = None) -> int:
+        """Publish an Image or CompressedImage (on `topic`, default image / image/compressed); returns its
+        stamp in ns."""
+        if topic is not None:
+            self.publisher(type(msg), topic).publish(msg)
+        else:
+            (self.pub_compressed if isinstance(msg, CompressedImage) else self.pub_image).publish(msg)
         return to_ns(msg.header.stamp)
+
+    def publisher(self, msg_type, topic: str, timeout: float = 10.0):
+        """A reliable publisher of `msg_type` on `topic` (created once), returned once the node under test
+        subscribes to it, so the first message is not lost to discovery."""
+        key = (msg_type, topic)
+        created = key not in self._pubs
+        if created:
+            self._pubs[key] = self.node.create_publisher(msg_type, topic, QoSProfile(depth=50))
+        pub = self._pubs[key]
+        deadline = time.monotonic() + timeout
+        while pub.get_subscription_count() == 0:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the node does not subscribe to {topic} ({msg_type.__name__}) within {timeout:.0f} s")
+            created = True
+            time.sleep(0.05)
+        if created:
+            time.sleep(0.5)  # the subscriber's side of the match may lag ours (as in NodeRun.start)
+        return pub
 
     def wait_match(self, stamp_ns: int, timeout: float = FRAME_TIMEOUT_S, node: Optional["NodeRun"] = None):
         """Block until the PlaceMatch for `stamp_ns` arrives; fails the test (with the node log) if not."""
@@ -211,9 +269,9 @@ class VprClient:
         tail = node.log_tail() if node is not None else ""
         pytest.fail(f"no PlaceMatch for stamp {stamp_ns} within {timeout:.0f} s\nnode log:\n{tail}")
 
-    def send(self, msg, node: Optional["NodeRun"] = None, timeout: float = FRAME_TIMEOUT_S):
+    def send(self, msg, node: Optional["NodeRun"] = None, timeout: float = FRAME_TIMEOUT_S, topic: Optional[str] = None):
         """Publish one frame and wait for its PlaceMatch (lockstep: nothing is dropped by the queue)."""
-        return self.wait_match(self.publish(msg), timeout, node)
+        return self.wait_match(self.publish(msg, topic), timeout, node)
 
     def settle(self, seconds: float = 0.5) -> None:
         """Give late (duplicate or closure) messages time to arrive before counting."""
@@ -221,6 +279,8 @@ class VprClient:
 
     # services
     def call(self, client, request, timeout: float = 30.0):
+        if not client.wait_for_service(timeout_sec=timeout):
+            pytest.fail(f"service {client.srv_name} is not available within {timeout:.0f} s")
         done = threading.Event()
         future = client.call_async(request)
         future.add_done_callback(lambda _f: done.set())
@@ -234,6 +294,15 @@ class VprClient:
 
     def load_map(self, path: str = ""):
         return self.call(self.load_client, LoadMap.Request(path=str(path)))
+
+    def query_place(self, request: QueryPlace.Request):
+        return self.call(self.query_client, request)
+
+    def set_mode(self, mode: str):
+        return self.call(self.mode_client, SetMode.Request(mode=mode))
+
+    def reset_map(self):
+        return self.call(self.reset_client, ResetMap.Request())
 
     def close(self) -> None:
         self.executor.shutdown()

@@ -1,10 +1,14 @@
-"""LoopClosure messages carry the whole verification: method, counts, and the fundamental matrix or
-homography DEGENSAC estimated (each with its validity flag)."""
+"""LoopClosure messages carry the whole verification: method, counts, the fundamental matrix or
+homography DEGENSAC estimated (each with its validity flag), and the relative pose with its
+covariance, or the reason there is none."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from vpr_core.detector import LoopClosure, Verification
+from vpr_core.geometry import PoseResult
 from vpr_core.map_database import Candidate, Keyframe
 from vpr_ros.conversions import loop_closure_msg, to_ns
 
@@ -34,3 +38,45 @@ def test_homography_is_exposed_row_major():
     msg = loop_closure_msg(_closure(Verification("degensac", True, 60, 40, homography=h)))
     assert msg.homography_valid and not msg.fundamental_valid
     np.testing.assert_array_equal(np.asarray(msg.homography).reshape(3, 3), h)
+
+
+def _posed(ok: bool = True, metric: bool = True, reason: str = "") -> Verification:
+    cov = np.diag([0.01, 0.02, 0.03, 1e-4, 2e-4, 3e-4])
+    cov[0, 1] = cov[1, 0] = 0.005  # off-diagonal: row-major order is visible
+    pose = PoseResult(ok=ok, reason=reason, R=np.eye(3), t=np.array([1.0, -2.0, 0.5]), metric=metric,
+                      covariance=cov, num_matches=80, num_inliers=60, inlier_ratio=0.75, reproj_error_px=1.25)
+    return Verification("mnn", True, 80, -1, pose=pose, relative_pose=pose.as_pose7() if ok else None)
+
+
+def test_closure_carries_the_pose_with_its_covariance_row_major():
+    lc = _closure(_posed())
+    lc.sequence_score, lc.margin = 2.5, 0.125
+    msg = loop_closure_msg(lc)
+    assert msg.pose_valid and msg.pose_metric and msg.pose_status == ""
+    p = msg.relative_pose.pose
+    assert (p.position.x, p.position.y, p.position.z) == (1.0, -2.0, 0.5)
+    assert (p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w) == (0.0, 0.0, 0.0, 1.0)
+    np.testing.assert_array_equal(np.asarray(msg.relative_pose.covariance).reshape(6, 6),
+                                  lc.verification.pose.covariance)
+    assert (msg.pose_num_inliers, msg.inlier_ratio, msg.reprojection_error_px) == (60, 0.75, 1.25)
+    assert (msg.sequence_score, msg.margin) == (2.5, 0.125)
+
+
+def test_refused_pose_reports_its_reason_and_no_pose():
+    msg = loop_closure_msg(_closure(_posed(ok=False, reason="coarse_keypoints")), "no_camera_info")
+    assert not msg.pose_valid and msg.pose_status == "coarse_keypoints", "the pose's own reason wins"
+    assert not any(msg.relative_pose.covariance) and msg.relative_pose.pose.position.x == 0.0
+    assert msg.pose_num_inliers == 60, "the attempt's counts stay visible for diagnosis"
+
+
+def test_pose_not_attempted_says_which_input_was_missing():
+    msg = loop_closure_msg(_closure(Verification()), "no_camera_info")
+    assert not msg.pose_valid and msg.pose_status == "no_camera_info" and msg.pose_num_inliers == -1
+    assert math.isnan(msg.sequence_score) and math.isnan(msg.margin) and math.isnan(msg.reprojection_error_px)
+
+
+def test_a_pose_without_a_finite_covariance_is_not_published():
+    v = _posed()
+    v.pose.covariance[2, 2] = np.nan
+    msg = loop_closure_msg(_closure(v))
+    assert not msg.pose_valid and msg.pose_status == "no_covariance"

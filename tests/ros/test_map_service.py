@@ -1,5 +1,5 @@
-"""vpr_ros.map_service without ROS: service callbacks never raise, saves are redirected when an
-unreadable map cannot be moved aside, the periodic autosave writes only when the map changed."""
+"""vpr_ros.map_service without ROS: saves are redirected when an unreadable map cannot be moved aside,
+the periodic autosave writes only when the map changed, service handlers refuse paths outside the folder."""
 from __future__ import annotations
 
 import time
@@ -12,7 +12,7 @@ from vpr_core.config import load_config
 from vpr_core.map_database import MapDatabase
 from vpr_core.pipeline import PlaceRecognizer
 from vpr_ros import map_service
-from vpr_ros.map_service import MapFiles, guarded
+from vpr_ros.map_service import MapFiles
 
 DIM = 16
 
@@ -32,17 +32,6 @@ def _files(tmp_path, **overrides):
     cfg = load_config(overrides={"map.use_gpu": "false", "map.path": str(tmp_path / "m.vprmap"), **overrides})
     pr = PlaceRecognizer(cfg, extractor=SimpleNamespace(dim=DIM, has_local=False, device="cpu"))
     return MapFiles(pr, cfg.map, Log()), pr
-
-
-def test_guarded_turns_any_exception_into_an_answer():
-    log = Log()
-
-    def handler(request, response):
-        raise KeyError("boom")
-    response = SimpleNamespace(success=True, message="", num_keyframes=0)
-    out = guarded(handler, log, lambda: 7)(SimpleNamespace(path="x"), response)
-    assert out is response and not out.success and "KeyError" in out.message and "boom" in out.message
-    assert out.num_keyframes == 7 and "boom" in log.text()
 
 
 def test_unmovable_unreadable_map_is_left_alone_and_saves_go_beside_it(tmp_path, monkeypatch):

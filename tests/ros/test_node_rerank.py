@@ -38,6 +38,8 @@ def node(start_node, workdir, images):
         "detector.exclude_recent_s": 0.0,
         "detector.loop_threshold": 0.5,
         "detector.temporal_consistency": 1,
+        "detector.sequence_length": 1,  # single-frame decision: this module tests the verification plumbing
+        "detector.exclude_recent_change": 0.0,
         "map.path": str(workdir / "rerank.vprmap"),
         "map.autoload": False,
         "map.autosave": False,

@@ -23,7 +23,7 @@ def restart(start_node, client, images, tmp_path_factory):
     overrides = {
         "map.path": str(map_path), "map.autoload": True, "map.autosave": True,
         "detector.exclude_recent_count": 1, "detector.exclude_recent_s": 0.0,
-        "detector.keyframe_max_similarity": 0.999, "detector.top_k": 5,
+        "detector.keyframe_max_similarity": 0.999, "detector.top_k": 5, "detector.exclude_recent_change": 0.0,
     }
     r = SimpleNamespace(map_path=map_path, wd=wd)
 

@@ -77,6 +77,7 @@ def runs(start_node, client, images, tmp_path_factory):
     overrides = {"map.path": str(map_path), "map.autoload": True, "map.autosave": True,
                  "map.autosave_period_s": 1.0, "node.max_image_pixels": MAX_PIXELS, "node.qos": "reliable",
                  "detector.exclude_recent_count": 0, "detector.exclude_recent_s": 0.0, "detector.top_k": 5,
+                 "detector.exclude_recent_change": 0.0, "detector.sequence_length": 1,
                  "detector.keyframe_max_similarity": 0.999}  # the same picture twice is not a new keyframe
     r = SimpleNamespace(wd=wd, maps=maps, map_path=map_path, unreadable=unreadable)
 
@@ -132,11 +133,11 @@ def runs(start_node, client, images, tmp_path_factory):
     r.b_after = client.send(client.image_msg(images.database(51), "rgb8", "b_after"), b)
     r.cv_line = b.wait_log(rf"dropped frame at {r.cv_stamp} ns \((\w+), 1 so far\)", 5.0)
     # a steady 5 Hz stream (long enough for the median period), a gap of 3 frames that never arrived, one more
-    for k in range(12):
-        client.send(client.image_msg(images.query(k * 9), "rgb8", f"b{k}"), b)
+    for k in range(12):  # one camera: one frame id (gaps are tracked per input and frame id)
+        client.send(client.image_msg(images.query(k * 9), "rgb8", "cam_b"), b)
     for _ in range(3):
         client.next_stamp()
-    client.send(client.image_msg(images.query(100), "rgb8", "b_after_gap"), b)
+    client.send(client.image_msg(images.query(100), "rgb8", "cam_b"), b)
     r.b_rc = b.stop()
     r.b_log = b.log_text()
     r.tmp_files = sorted(p.name for p in maps.glob("*.tmp"))

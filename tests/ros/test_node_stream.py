@@ -36,6 +36,8 @@ def node(start_node, workdir, images):  # `images` first: skip before starting a
         "detector.exclude_recent_s": 0.0,
         "detector.loop_threshold": LOOP_THRESHOLD,
         "detector.temporal_consistency": 1,
+        "detector.sequence_length": 1,  # single-frame decision: this module tests the plumbing
+        "detector.exclude_recent_change": 0.0,
         "map.path": str(workdir / "configured.vprmap"),
         "map.autoload": False,
         "map.autosave": False,

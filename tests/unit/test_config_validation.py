@@ -18,7 +18,7 @@ BAD = [
     ("node.qos", "best_effort"), ("node.qos", ""),
     ("node.loss_gap_factor", 0.5), ("node.loss_gap_factor", -1.0),
     ("node.loss_window", 1),
-    ("node.image_topic", ""),
+    ("node.image_topics", []), ("node.image_topics", [""]),
     ("detector.top_k", 0), ("detector.top_k", -5),
     ("detector.exclude_recent_count", -1),
     ("detector.exclude_recent_s", -0.5),
@@ -50,6 +50,9 @@ BAD = [
     ("rerank.confidence", 1.0), ("rerank.confidence", 0.0),
     ("rerank.max_iters", 0),
     ("rerank.model", "affine"),
+    ("detector.sequence_length", 0), ("detector.sequence_velocities", []), ("detector.min_margin", -0.1),
+    ("camera.K", [500.0, 500.0, 320.0]), ("camera.width", -1), ("pose.min_inliers", 4), ("pose.confidence", 1.0),
+    ("node.sync_wait_s", -0.01), ("node.odom_buffer", 0),
 ]
 
 GOOD = [

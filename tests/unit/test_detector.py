@@ -37,7 +37,7 @@ def _mix(a, b, cos):
 def _cfg(**kw):
     base = dict(top_k=3, exclude_recent_count=2, exclude_recent_s=0.0, loop_threshold=0.9,
                 temporal_consistency=3, consistency_window=2, mapping=True,
-                keyframe_min_interval_s=0.0, keyframe_max_similarity=1.0)
+                keyframe_min_interval_s=0.0, keyframe_max_similarity=1.0, sequence_length=1, exclude_recent_change=0.0)
     base.update(kw)
     return DetectorConfig(**base)
 

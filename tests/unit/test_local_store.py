@@ -251,7 +251,7 @@ def test_a_keyframe_whose_local_features_are_missing_is_refused(tmp_path):
 # ---- PlaceRecognizer with re-ranking --------------------------------------------------------------------
 
 def _overrides(**kw):
-    return {"detector.exclude_recent_count": 0, "detector.exclude_recent_s": 5.0, "map.use_gpu": "false", **kw}
+    return {"detector.sequence_length": 1, "detector.exclude_recent_change": 0.0, "detector.temporal_consistency": 2, "detector.exclude_recent_count": 0, "detector.exclude_recent_s": 5.0, "map.use_gpu": "false", **kw}
 
 
 @pytest.mark.parametrize("method", ["mnn", "degensac"])

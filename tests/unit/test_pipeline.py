@@ -14,8 +14,8 @@ SEC = 1_000_000_000
 
 @pytest.fixture
 def cfg():
-    # exclusion by time only, so re-seeing the first frames 100 s later can close a loop
-    return load_config(overrides={"detector.exclude_recent_count": 0, "detector.exclude_recent_s": 5.0,
+    # single-frame decision, exclusion by time only, so re-seeing the first frames 100 s later can close a loop
+    return load_config(overrides={"detector.sequence_length": 1, "detector.exclude_recent_change": 0.0, "detector.temporal_consistency": 2, "detector.exclude_recent_count": 0, "detector.exclude_recent_s": 5.0,
                                   "map.use_gpu": "false"})
 
 
@@ -156,7 +156,7 @@ def test_a_non_empty_map_passed_in_is_used(cfg, default_extractor):
 
 
 def test_stats_count_keyframes_and_closures_separately(default_extractor):
-    cfg = load_config(overrides={"detector.keyframe_min_interval_s": 10.0, "detector.exclude_recent_count": 0,
+    cfg = load_config(overrides={"detector.sequence_length": 1, "detector.exclude_recent_change": 0.0, "detector.temporal_consistency": 2, "detector.keyframe_min_interval_s": 10.0, "detector.exclude_recent_count": 0,
                                  "detector.exclude_recent_s": 0.0, "detector.temporal_consistency": 1})
     pr = PlaceRecognizer(cfg, extractor=default_extractor)
     d = _unit_rows(1, 1280, seed=5)[0]

@@ -28,7 +28,8 @@ PERIOD = SEC // 30
 
 def _recognizer(has_local=False, **overrides):
     cfg = load_config(overrides={"map.use_gpu": "false", "detector.exclude_recent_count": 0,
-                                 "detector.exclude_recent_s": 0.0, **overrides})
+                                 "detector.exclude_recent_s": 0.0, "detector.exclude_recent_change": 0.0,
+                                 "detector.sequence_length": 1, **overrides})  # single frames, no exclusion
     return PlaceRecognizer(cfg, extractor=SimpleNamespace(dim=DIM, has_local=has_local, device="cpu"))
 
 
@@ -167,7 +168,8 @@ def test_run_time_settings_reach_the_detector_and_reranker():
     for k in range(8):
         pr.process_descriptor(_desc(k), (k + 1) * SEC, "cam")
     assert len(pr.process_descriptor(_desc(50), 20 * SEC, "cam").place_match.candidates) == 5
-    pr.apply_settings({"detector.top_k": 2, "detector.loop_threshold": 0.0, "detector.temporal_consistency": 1})
+    pr.apply_settings({"detector.top_k": 2, "detector.loop_threshold": 0.0, "detector.temporal_consistency": 1,
+                       "detector.min_margin": 0.0})
     r = pr.process_descriptor(_desc(51), 21 * SEC, "cam")
     assert len(r.place_match.candidates) == 2
     assert r.loop_closure is not None, "threshold 0 and no temporal filter: the best candidate closes"

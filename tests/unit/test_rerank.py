@@ -291,7 +291,8 @@ def world():
 
 def _detector(db, top_k=3, rerank_top_k=5, min_inliers=30, tc=1, method="mnn", mapping=False):
     cfg = DetectorConfig(top_k=top_k, exclude_recent_count=0, exclude_recent_s=0.0, loop_threshold=0.9,
-                         temporal_consistency=tc, consistency_window=2, mapping=mapping)
+                         temporal_consistency=tc, consistency_window=2, mapping=mapping, sequence_length=1,
+                         exclude_recent_change=0.0)
     rcfg = RerankConfig(method=method, top_k=rerank_top_k, min_inliers=min_inliers, match_threshold=0.9)
     return LoopClosureDetector(cfg, db, rcfg)
 

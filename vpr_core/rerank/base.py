@@ -6,13 +6,16 @@ agree (`Verification`); `vpr_core.rerank.rerank` orders the candidates by that.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import numpy as np
 
 from vpr_core.local_features import LocalFeatures
 from vpr_core.registry import Registry
 from vpr_core.rerank.matching import mutual_nn
+
+if TYPE_CHECKING:
+    from vpr_core.geometry.pose import PoseResult
 
 
 @dataclass
@@ -25,6 +28,7 @@ class Verification:
     fundamental: Optional[np.ndarray] = field(default=None, compare=False)  # 3x3 F (degensac, model fundamental)
     homography: Optional[np.ndarray] = field(default=None, compare=False)  # 3x3 H (degensac, model homography)
     relative_pose: Optional[List[float]] = None  # [x,y,z,qx,qy,qz,qw] query in match frame, when known
+    pose: Optional["PoseResult"] = field(default=None, compare=False, repr=False)  # the estimate behind it
     time_ms: float = 0.0  # time spent verifying this pair
 
     @property

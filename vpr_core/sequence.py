@@ -1,0 +1,122 @@
+"""Sequence matching (SeqSLAM-style) over the map's keyframes in the order they were driven.
+
+A single frame of a look-alike corridor or a snowy railway matches many places about equally; the
+last L frames, aligned with L consecutive keyframes at a constant speed, match only the right one.
+A candidate's sequence score is the best, over the configured velocities (map keyframes per query
+frame), of the mean cosine similarity between the recent query frames and the keyframes on that line.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Deque, List, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from vpr_core.map_database import MapDatabase
+
+
+class SequenceMatcher:
+    """Keeps the last `length` query descriptors (and the map positions each one retrieved) and scores
+    map positions as sequence ends. Hypotheses: the current frame's candidates and every earlier
+    frame's candidates carried forward along each velocity, so a place that single frames rank low
+    (seasonal change) is still found when the sequence agrees."""
+
+    def __init__(self, length: int, velocities: Sequence[float], contrast_window: int = 0) -> None:
+        if contrast_window < 0:
+            raise ValueError(f"detector.sequence_contrast_window must be >= 0 (0 = off), got {contrast_window}")
+        if length < 1:
+            raise ValueError(f"detector.sequence_length must be >= 1 (1 = single frame), got {length}")
+        vel = [float(v) for v in velocities]
+        if not vel or any(not np.isfinite(v) or v <= 0 for v in vel):
+            raise ValueError(f"detector.sequence_velocities must be positive numbers (map keyframes per query "
+                             f"frame, e.g. [0.8, 1.0, 1.25]), got {list(velocities)}")
+        self.length = int(length)
+        self.contrast_window = int(contrast_window)
+        self.velocities = np.asarray(vel, np.float64)
+        self._history: Deque[np.ndarray] = deque(maxlen=self.length)
+        self._retrieved: Deque[np.ndarray] = deque(maxlen=self.length)
+
+    def __len__(self) -> int:
+        return len(self._history)
+
+    @property
+    def current(self) -> np.ndarray:
+        """The latest frame's unit descriptor."""
+        return self._history[-1]
+
+    @property
+    def full(self) -> bool:
+        """True once `length` frames have been seen since the last reset."""
+        return len(self._history) == self.length
+
+    def reset(self) -> None:
+        """Forget the recent frames (a new map, a jump in time)."""
+        self._history.clear()
+        self._retrieved.clear()
+
+    def push(self, descriptor: np.ndarray, positions: Sequence[int] = ()) -> None:
+        """Append the current frame's descriptor (unit-normalised here), step 0 of every sequence, and
+        the map positions its search retrieved."""
+        d = np.asarray(descriptor, np.float32).reshape(-1)
+        self._history.append(d / max(float(np.linalg.norm(d)), 1e-12))
+        self._retrieved.append(np.asarray(positions, np.int64).reshape(-1))
+
+    def hypotheses(self, map_size: int) -> np.ndarray:
+        """Candidate sequence ends (sorted map positions): what each recent frame retrieved, moved
+        forward by the steps since then at every velocity, inside [0, map_size)."""
+        ends = []
+        for back, found in enumerate(reversed(self._retrieved)):
+            if len(found):
+                shift = np.unique(np.rint(self.velocities * back).astype(np.int64))
+                ends.append((found[:, None] + shift[None, :]).reshape(-1))
+        if not ends:
+            return np.zeros(0, np.int64)
+        ends = np.unique(np.concatenate(ends))
+        return ends[(ends >= 0) & (ends < map_size)]
+
+    def score(self, db: "MapDatabase", end_positions: Sequence[int]) -> np.ndarray:
+        """Sequence score of each map position as the end of the sequence (the current frame's match).
+
+        Step l (l frames back) is compared with the keyframe at `end - round(v * l)`. With a contrast
+        window R > 0 each similarity is first standardised against the keyframes within R positions of
+        it (SeqSLAM's local contrast enhancement): a place scores by how much it stands out from its
+        neighbours, so a uniformly similar stretch (a snowy season, a look-alike corridor, a tunnel)
+        no longer wins by being bright overall, and the score is unitless (comparable across places).
+        A line that would start before the first keyframe scores NaN (so does every end while fewer
+        than `length` frames have been seen).
+        """
+        ends = np.asarray(end_positions, np.int64).reshape(-1)
+        if not len(ends) or not len(self._history):
+            return np.zeros(len(ends), np.float32)
+        hist = np.stack(list(self._history)[::-1])  # (n, D), row l = l frames back
+        n, size = len(hist), len(db)
+        steps = np.arange(n)
+        offsets = np.rint(self.velocities[:, None] * steps[None, :]).astype(np.int64)  # (V, n)
+        pos = ends[:, None, None] - offsets[None, :, :]  # (E, V, n)
+        complete = (pos >= 0).all(-1)  # (E, V)
+        pos = np.clip(pos, 0, None)
+        pairs, inverse = np.unique(np.broadcast_to(steps, pos.shape) * size + pos, return_inverse=True)
+        step_of, at = pairs // size, pairs % size  # each (step, keyframe) similarity computed once
+        r = self.contrast_window
+        window = np.clip(at[:, None] + np.arange(-r, r + 1)[None, :], 0, size - 1)  # (P, 2R+1), edges repeat
+        wanted, where = np.unique(window, return_inverse=True)
+        sim = hist @ db.descriptors_at(wanted).T  # (n, U): every step against every keyframe it needs
+        vals = sim[step_of[:, None], where.reshape(window.shape)]  # (P, 2R+1), centre at column r
+        if r:
+            z = (vals[:, r] - vals.mean(1)) / np.maximum(vals.std(1), 1e-6)
+        else:
+            z = vals[:, 0]
+        line = z[inverse.reshape(pos.shape)].mean(-1)  # (E, V)
+        best = np.where(complete, line, -np.inf).max(axis=1)
+        best[~np.isfinite(best) | (n < self.length)] = np.nan
+        return best.astype(np.float32)
+
+
+def best_other(scores: np.ndarray, positions: np.ndarray, best: int, window: int,
+               same_place: List[bool]) -> float:
+    """The highest score among candidates that are another place than candidate `best`: farther than
+    `window` map positions from it and not linked to it by an earlier closure. NaN when none is."""
+    far = np.abs(np.asarray(positions) - positions[best]) > window
+    far &= ~np.asarray(same_place, bool) & np.isfinite(scores)
+    return float(np.max(scores[far])) if far.any() else float("nan")
