@@ -27,8 +27,11 @@ from vpr_core.map_database import Candidate, Keyframe, MapDatabase
 from vpr_core.rerank import Verification, build_reranker, rerank
 from vpr_core.sequence import SequenceMatcher, best_other
 
-__all__ = ["Decision", "FrameResult", "LoopClosure", "LoopClosureDetector", "PlaceMatch", "REJECTIONS",
+__all__ = ["Decision", "FrameResult", "LoopClosure", "LoopClosureDetector", "PlaceMatch", "REJECTIONS", "STAGES",
            "Verification"]
+
+# Where a frame's time goes, in flow order ("decode" is the node's, "model" the pipeline's).
+STAGES = ("decode", "model", "search", "rerank", "decision", "pose")
 
 # Why a frame did not become a loop closure, in the order the gates are applied.
 REJECTIONS = ("empty_map", "too_recent", "short_sequence", "unverified", "below_threshold", "ambiguous", "degenerate_geometry",
@@ -44,6 +47,7 @@ class PlaceMatch:
     latency_ms: float = 0.0
     global_candidates: List[Candidate] = field(default_factory=list)  # search order before re-ranking (re-ranked only)
     rerank_ms: float = 0.0  # time spent re-ranking this frame's candidates
+    timings_ms: Dict[str, float] = field(default_factory=dict)  # stage -> ms (STAGES), measured stages only
 
     @property
     def best(self) -> Optional[Candidate]:
@@ -193,18 +197,25 @@ class LoopClosureDetector:
         self._advance_odometer(descriptor, pose)
         if camera is not None:
             self.cameras[frame_id] = camera
+        t_search = time.perf_counter()
         found = self._search(descriptor, query.stamp_ns)
+        timings = {"search": (time.perf_counter() - t_search) * 1e3}
         global_candidates, rerank_ms = [], 0.0
         if self.reranker is not None:
             t0 = time.perf_counter()
             head, tail = found[:self.rerank_cfg.top_k], found[self.rerank_cfg.top_k:]
             candidates = rerank(query_local, head, self.db.local, self.reranker) + tail
-            rerank_ms = (time.perf_counter() - t0) * 1e3
+            rerank_ms = timings["rerank"] = (time.perf_counter() - t0) * 1e3
             global_candidates = found
         else:
             candidates = found
+        t_decide = time.perf_counter()
         decision = self._judge(candidates, query_local, descriptor, query.stamp_ns,
                                camera or self.cameras.get(frame_id), depth)
+        timings["decision"] = (time.perf_counter() - t_decide) * 1e3  # sequence, gates and pose
+        v = decision.candidate.verification if decision.candidate is not None else None
+        if v is not None and v.pose is not None:
+            timings["pose"] = float(v.pose.time_ms)
         closure = self._accept(query, decision)
         is_keyframe = self.mapping and self.keyframes.wants(descriptor, query.stamp_ns, pose)
         if is_keyframe:
@@ -215,8 +226,8 @@ class LoopClosureDetector:
                 self.links.link(query.id, closure.match.id)  # the new keyframe shows the matched place
         self._next_id += 1
         self.db.id_floor = self._next_id  # saved with the map, so a restarted node never reuses an id
-        return FrameResult(PlaceMatch(query, is_keyframe, candidates[:self.cfg.top_k],
-                                      global_candidates=global_candidates, rerank_ms=rerank_ms), closure, decision)
+        return FrameResult(PlaceMatch(query, is_keyframe, candidates[:self.cfg.top_k], global_candidates=global_candidates,
+                                      rerank_ms=rerank_ms, timings_ms=timings), closure, decision)
 
     def relocalise(self, descriptor: np.ndarray, k: int, local: Optional[LocalFeatures] = None,
                    camera: Optional[CameraModel] = None, depth: Optional[np.ndarray] = None) -> List[Candidate]:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Deque, List, Mapping, Optional, Tuple
+from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -76,6 +76,8 @@ class PipelineStats:
     dropped: Counter = field(default_factory=Counter)  # reason (DROP_REASONS, queue_full, error) -> frames
     lost_estimate: int = 0  # frames estimated lost before they arrived (gaps in header stamps)
     rejections: Counter = field(default_factory=Counter)  # reason (detector.REJECTIONS) -> frames not closed
+    stage_ms: Dict[str, Deque[float]] = field(  # stage (detector.STAGES) -> recent frames' ms
+        default_factory=lambda: defaultdict(lambda: deque(maxlen=10_000)), repr=False)
     latencies_ms: Deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)  # recent frames
     rerank_ms: Deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)  # re-ranked frames
 
@@ -85,7 +87,9 @@ class PipelineStats:
                 "dropped": dict(self.dropped), "lost_estimate": self.lost_estimate, "rejections": dict(self.rejections),
                 "latency_ms_median": float(np.median(lat)),
                 "latency_ms_p95": float(np.percentile(lat, 95)),
-                "rerank_ms_median": float(np.median(self.rerank_ms)) if self.rerank_ms else 0.0}
+                "rerank_ms_median": float(np.median(self.rerank_ms)) if self.rerank_ms else 0.0,
+                "stage_ms_median": {k: float(np.median(v)) for k, v in self.stage_ms.items() if v},
+                "stage_ms_p95": {k: float(np.percentile(v, 95)) for k, v in self.stage_ms.items() if v}}
 
 
 class PlaceRecognizer:
@@ -121,11 +125,15 @@ class PlaceRecognizer:
         `pose` (odometry), `camera` (intrinsics, else camera.K) and `depth`: see LoopClosureDetector.process."""
         t0 = time.perf_counter()
         out = self.extractor.extract([image], with_local=self.extractor.has_local)
+        model_ms = (time.perf_counter() - t0) * 1e3
         local = out.local[0] if out.local else None
         if local is not None:
             self._local_dim = local.dim
-        return self.process_descriptor(out.global_desc[0], stamp_ns, frame_id, t0, local=local, pose=pose,
-                                       camera=camera, depth=depth)
+        result = self.process_descriptor(out.global_desc[0], stamp_ns, frame_id, t0, local=local, pose=pose,
+                                         camera=camera, depth=depth)
+        result.place_match.timings_ms["model"] = model_ms
+        self.stats.stage_ms["model"].append(model_ms)
+        return result
 
     def process_descriptor(self, desc: np.ndarray, stamp_ns: int, frame_id: str,
                            t0: Optional[float] = None, local: Optional[LocalFeatures] = None,
@@ -145,6 +153,8 @@ class PlaceRecognizer:
         s.loop_closures += int(result.loop_closure is not None)
         if result.decision.rejected:
             s.rejections[result.decision.rejected] += 1
+        for stage, ms in result.place_match.timings_ms.items():
+            s.stage_ms[stage].append(ms)
         s.latencies_ms.append(result.place_match.latency_ms)
         if self.detector.reranker is not None:
             s.rerank_ms.append(result.place_match.rerank_ms)
@@ -178,6 +188,10 @@ class PlaceRecognizer:
         with self._lock:
             self.db = MapDatabase(self.extractor.dim, self.cfg.map.index, self.cfg.map.use_gpu)
             self.detector.reset_map(self.db)
+
+    def record_stage(self, stage: str, ms: float) -> None:
+        """Time spent outside the pipeline on a processed frame (the node's image decoding)."""
+        self.stats.stage_ms[stage].append(float(ms))
 
     def drop(self, reason: str) -> int:
         """Count a frame that could not be processed; returns the running count for that reason."""

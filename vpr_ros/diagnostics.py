@@ -92,6 +92,8 @@ class DiagnosticsReporter:
         values += [(f"dropped.{r}", n) for r, n in sorted(dropped.items())]
         rejections = s["rejections"]
         values += [(f"rejected.{r}", int(rejections.get(r, 0))) for r in REJECTIONS]
+        values += [(f"stage_ms.{k}.median", f"{v:.1f}") for k, v in s.get("stage_ms_median", {}).items()]
+        values += [(f"stage_ms.{k}.p95", f"{v:.1f}") for k, v in s.get("stage_ms_p95", {}).items()]
         values += [(f"frames_without.{k}", n) for k, n in sorted(snap.missing.items())]
         values += sorted(snap.inputs.items())
         return DiagnosticStatus(level=level, name=STATUS_NAME, message=message, hardware_id=self.hardware_id,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+import time
 import weakref
 from typing import Callable, Dict, Optional, Tuple
 
@@ -133,7 +134,9 @@ class LoopClosureNode(Node):
 
     def _process(self, decode: Callable[[], np.ndarray], stamp_ns: int, frame_id: str) -> None:
         try:
+            t_decode = time.perf_counter()
             rgb = decode()
+            self.recognizer.record_stage("decode", (time.perf_counter() - t_decode) * 1e3)
             frame_id = frame_id or self.cfg.node.default_frame_id
             side = self.sensors.for_frame(stamp_ns, frame_id)  # odometry pose, intrinsics, depth
             result = self.recognizer.process(rgb, stamp_ns, frame_id, pose=side.pose, camera=side.camera,

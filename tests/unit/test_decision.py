@@ -184,3 +184,16 @@ def test_mapping_switch():
     assert not det.process(_places(1)[0], SEC, "cam").place_match.is_keyframe
     det.mapping = True
     assert det.process(_places(1)[0], 2 * SEC, "cam").place_match.is_keyframe
+
+
+def test_stage_timings_are_reported_per_frame_and_in_the_stats(default_extractor, corridor_images):
+    from vpr_core.config import load_config
+    from vpr_core.pipeline import PlaceRecognizer
+    pr = PlaceRecognizer(load_config(overrides={"map.use_gpu": "false"}), extractor=default_extractor)
+    results = [pr.process(img, (i + 1) * SEC, "cam") for i, img in enumerate(corridor_images)]
+    assert set(results[-1].place_match.timings_ms) >= {"model", "search", "decision"}
+    assert all(v >= 0 for v in results[-1].place_match.timings_ms.values())
+    assert results[-1].place_match.timings_ms["model"] > results[-1].place_match.timings_ms["search"]
+    pr.record_stage("decode", 1.5)
+    summary = pr.stats.summary()
+    assert summary["stage_ms_median"]["decode"] == 1.5 and "model" in summary["stage_ms_p95"]
