@@ -71,6 +71,16 @@ def refused(path, *patterns):
     return str(info.value)
 
 
+def refused_peak(path, *patterns) -> int:
+    """`refused`, returning the peak bytes Python allocated while the reader refused the file."""
+    tracemalloc.start()
+    try:
+        refused(path, *patterns)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 # ---- only regular files ------------------------------------------------------------------------------
 
 def _load_within(path, fifo, seconds=5.0):
@@ -265,12 +275,7 @@ def test_an_index_length_field_claiming_terabytes_is_refused_without_allocating(
     at = data.index(b"IxFI") + 4 + struct.calcsize("<iqqq?i")
     data[at:at + 8] = struct.pack("<Q", 1 << 39)  # faiss would resize a vector to 2 TB before reading
     rewrite(saved, ms | {"index.faiss": bytes(data)})
-    tracemalloc.start()
-    try:
-        refused(saved, "index.faiss")
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = refused_peak(saved, "index.faiss")
     assert peak < 8 << 20
 
 
@@ -292,12 +297,7 @@ def test_a_zip_bomb_is_refused_without_inflating_it(saved):
                 zf.writestr(name, data)
     saved.write_bytes(bomb.getvalue())
     assert saved.stat().st_size < 1 << 20
-    tracemalloc.start()
-    try:
-        refused(saved, "compressed")
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = refused_peak(saved, "compressed")
     assert peak < 8 << 20, f"{peak >> 20} MB allocated while refusing a 64 MB bomb"
 
 
@@ -365,12 +365,7 @@ def test_local_features_declaring_a_huge_shape_are_refused_without_allocating(sa
     assert len(patched) == end - at
     data[at:end] = patched
     rewrite(saved, ms | {"local.npz": bytes(data)})
-    tracemalloc.start()
-    try:
-        refused(saved, "local features")
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = refused_peak(saved, "local features")
     assert peak < 8 << 20
 
 
@@ -411,10 +406,5 @@ def test_local_features_with_a_huge_zip_directory_are_refused_without_parsing_it
         for k in range(100_000):
             zf.writestr(f"{k}.npy", b"")
     rewrite(saved, members(saved) | {"local.npz": buf.getvalue()}, local_count=6)  # a header that allows its size
-    tracemalloc.start()
-    try:
-        refused(saved, "local features")
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = refused_peak(saved, "local features")
     assert peak < 2 * len(buf.getvalue()) + (4 << 20), f"{peak >> 20} MB to refuse it"
