@@ -229,7 +229,10 @@ class MapDatabase:
         checked = self.local.check(local) if local is not None else None
         if keyframe.id in self.keyframes:
             raise ValueError(f"keyframe id {keyframe.id} is already in the map")
-        self._index.add_with_ids(vec, np.array([keyframe.id], dtype=np.int64))
+        ids = np.array([keyframe.id], dtype=np.int64)
+        self._index.add_with_ids(vec, ids)
+        if self.on_gpu:  # the host copy stays current: sequence matching, reconstruction and saving read it
+            self._cpu_index.add_with_ids(vec, ids)
         if checked is not None:
             self.local.put(keyframe.id, checked)
             keyframe.local_features = LOCAL_MEMBER
@@ -294,8 +297,7 @@ class MapDatabase:
     # ---- persistence (file format: vpr_core.map_file) ------------------------------------------
     def snapshot(self) -> Tuple[Dict[str, Any], Dict[str, bytes]]:
         """The map file's header and members as bytes (fast; writing them is the slow part)."""
-        cpu = faiss.index_gpu_to_cpu(self._index) if self.on_gpu else self._cpu_index
-        index_bytes = faiss.serialize_index(cpu).tobytes()
+        index_bytes = faiss.serialize_index(self._cpu_index).tobytes()  # kept current on GPU too (add)
         meta = json.dumps({"order": self._order, "keyframes": [asdict(self.keyframes[i]) for i in self._order]}).encode()
         local_bytes = self.local.to_bytes(self._order)
         header = {"magic": MAGIC, "version": VERSION, "dim": self.dim, "index_type": self.index_type,
