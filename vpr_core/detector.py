@@ -2,11 +2,12 @@
 
 A false loop closure wrecks a SLAM map, so a closure passes a chain of gates, each of which can
 reject it with a reason that is counted (`LoopClosureDetector.rejections`), so "it never fires" can
-be diagnosed: a candidate outside the recent-keyframe exclusion; its local features verified
-(re-ranking, `rerank.min_inliers`); its score over `loop_threshold` (the cosine, or with
-`sequence_length` > 1 the aligned-sequence score); a margin over the best *other* place (`min_margin`,
-the DBoW2-style normalisation that carries across environments); a valid relative pose when a
-geometry check is configured; and agreement over consecutive frames (temporal consistency).
+be diagnosed: a candidate outside the exclusion windows (count, time, travelled distance, appearance
+change); its local features verified (re-ranking, `rerank.min_inliers`); its score high enough
+(single frame: cosine >= `loop_threshold`; sequence: `sequence_threshold`, or `sequence_support` for a
+keyframe whose own cosine reaches `loop_threshold`); optionally a margin over the best *other* place
+(`min_margin`); a non-degenerate relative pose when intrinsics and local features allow one; and
+agreement over consecutive frames (temporal consistency).
 """
 from __future__ import annotations
 
