@@ -23,10 +23,9 @@ import numpy as np
 from offline_eval.pose_views import ONE_PLANE, STEP_PLANES, demo_pairs, fit_frame, known_view
 from vpr_core.geometry import CameraModel, PoseConfig, angle_between_deg, estimate_relative_pose, rotation_angle_deg
 from vpr_core.geometry.covariance import rotation_sigma_deg
-from vpr_core.geometry.loop import pose_config
-from vpr_core.geometry.refine import keypoint_sigma_px, refine_match_positions
+from vpr_core.geometry.loop import matched_points, pose_config
+from vpr_core.geometry.refine import keypoint_sigma_px
 from vpr_core.local_features import LocalFeatures
-from vpr_core.rerank.matching import mutual_nn
 
 CORRIDOR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "corridor"
 
@@ -83,13 +82,6 @@ def random_motions(count: int, seed: int) -> List[tuple]:
     return out
 
 
-def match_pair(a: LocalFeatures, b: LocalFeatures, min_similarity: float, subcell: bool):
-    """Matched pixel positions (query, match) by mutual nearest neighbours, sub-cell in the match image."""
-    ia, ib, _ = mutual_nn(a.desc, b.desc, min_similarity)
-    xb = refine_match_positions(a, b, ia, ib) if subcell else b.xy[ib].astype(np.float64)
-    return a.xy[ia].astype(np.float64), xb
-
-
 def evaluate(xa, xb, cam_q: CameraModel, cam_m: CameraModel, R, t, cfg: PoseConfig,
              depth: Optional[np.ndarray] = None) -> PairResult:
     r = estimate_relative_pose(xa, xb, cam_q, cam_m, cfg, depth_query=depth)
@@ -115,10 +107,10 @@ def run(extract: Callable[[Sequence[np.ndarray]], List[LocalFeatures]], images: 
         one, steps = known_view(name, img, cam, rv, t, ONE_PLANE), known_view(name, img, cam, rv, t, STEP_PLANES)
         fq, f1, f3 = extract([img, one.match, steps.match])
         cfg = pose_config(fq, base, measure_coarse=True)
-        scen[names[0]].results.append(evaluate(*match_pair(fq, f1, min_similarity, True), cam, cam, one.R, one.t, cfg))
-        cells = match_pair(fq, f3, min_similarity, False)
+        scen[names[0]].results.append(evaluate(*matched_points(fq, f1, min_similarity), cam, cam, one.R, one.t, cfg))
+        cells = matched_points(fq, f3, min_similarity, subcell=False)
         scen[names[1]].results.append(evaluate(*cells, cam, cam, steps.R, steps.t, cfg))
-        xa, xb = match_pair(fq, f3, min_similarity, True)
+        xa, xb = matched_points(fq, f3, min_similarity)
         scen[names[2]].results.append(evaluate(xa, xb, cam, cam, steps.R, steps.t, cfg))
         scen[names[3]].results.append(evaluate(xa, xb, cam, cam, steps.R, steps.t, cfg, steps.depth_query))
     if demo:
@@ -127,7 +119,7 @@ def run(extract: Callable[[Sequence[np.ndarray]], List[LocalFeatures]], images: 
         for p in tqdm(demo_pairs(), desc="demo pairs", disable=not progress):
             fq, fm = extract([p.query, p.match])
             cfg = pose_config(fq, base, measure_coarse=True)
-            xa, xb = match_pair(fq, fm, min_similarity, True)
+            xa, xb = matched_points(fq, fm, min_similarity)
             scen["demo virtual camera, E, sub-cell"].results.append(
                 evaluate(xa, xb, p.cam_query, p.cam_match, p.R, p.t, cfg))
             scen["demo virtual camera, PnP + depth"].results.append(

@@ -11,7 +11,7 @@ import functools
 import numpy as np
 import pytest
 
-from offline_eval.pose_benchmark import match_pair, pose_config
+from vpr_core.geometry.loop import matched_points, pose_config
 from offline_eval.pose_views import ONE_PLANE, demo_pairs, fit_frame, known_view
 from vpr_core.geometry import CameraModel, PoseConfig, angle_between_deg, estimate_relative_pose, rotation_angle_deg
 from vpr_core.geometry.refine import keypoint_sigma_px
@@ -59,7 +59,7 @@ def test_pnp_with_depth_on_default_features(views, name, k):
     """Default model (16-px cells), sub-cell matches, rendered depth: measured rotation 0.9-2.4 deg,
     direction 4-11 deg, scale 0.82-1.23."""
     kv, fq, fm = views(16, name, k)
-    r = estimate_relative_pose(*match_pair(fq, fm, 0.6, True), kv.cam, kv.cam, pose_config(fq, PoseConfig()),
+    r = estimate_relative_pose(*matched_points(fq, fm, 0.6), kv.cam, kv.cam, pose_config(fq, PoseConfig()),
                                depth_query=kv.depth_query)
     assert r.ok and r.metric, r.reason
     assert rotation_angle_deg(r.R, kv.R) < 4.0 and angle_between_deg(r.t, kv.t) < 20.0
@@ -70,7 +70,7 @@ def test_default_features_are_too_coarse_for_the_essential_matrix(views):
     """16-px cells: the 5-point pose is refused (measured 5-15 deg off when it was not)."""
     kv, fq, fm = views(16, "astronaut", 0)
     assert np.isclose(keypoint_sigma_px(fq), 16 / np.sqrt(12), rtol=1e-3)
-    r = estimate_relative_pose(*match_pair(fq, fm, 0.6, True), kv.cam, kv.cam, pose_config(fq, PoseConfig()))
+    r = estimate_relative_pose(*matched_points(fq, fm, 0.6), kv.cam, kv.cam, pose_config(fq, PoseConfig()))
     assert r.reason == "coarse_keypoints"
 
 
@@ -81,7 +81,7 @@ def test_essential_matrix_on_stride8_features(views):
     rot, dirs = [], []
     for name, k in CASES:
         kv, fq, fm = views(8, name, k)
-        r = estimate_relative_pose(*match_pair(fq, fm, 0.6, True), kv.cam, kv.cam, pose_config(fq, PoseConfig()))
+        r = estimate_relative_pose(*matched_points(fq, fm, 0.6), kv.cam, kv.cam, pose_config(fq, PoseConfig()))
         if r.ok:
             assert not r.metric and np.isclose(np.linalg.norm(r.t), 1.0)
             rot.append(rotation_angle_deg(r.R, kv.R))
@@ -94,7 +94,7 @@ def test_pure_rotation_of_a_real_image_is_low_parallax(views, name):
     """A rotation-only view (no translation): the translation is unobservable and said so; the best
     pure rotation is still reported (measured 0.16 deg off)."""
     kv, fq, fm = views(8, name, -1, "one")
-    r = estimate_relative_pose(*match_pair(fq, fm, 0.6, True), kv.cam, kv.cam, pose_config(fq, PoseConfig()))
+    r = estimate_relative_pose(*matched_points(fq, fm, 0.6), kv.cam, kv.cam, pose_config(fq, PoseConfig()))
     assert r.reason == "low_parallax" and rotation_angle_deg(r.R, kv.R) < 1.0
 
 
@@ -102,8 +102,8 @@ def test_subcell_positions_are_closer_to_the_truth(views):
     """Match positions against the true projection of the query cell centres (from the rendered depth):
     measured median 4.7 px at cell centres -> 3.3 px sub-cell on the 320x240 photograph."""
     kv, fq, fm = views(16, "astronaut", 2)
-    xa, xb_cell = match_pair(fq, fm, 0.6, False)
-    _, xb_sub = match_pair(fq, fm, 0.6, True)
+    xa, xb_cell = matched_points(fq, fm, 0.6, subcell=False)
+    _, xb_sub = matched_points(fq, fm, 0.6)
     p = xa - 0.5  # continuous cell centres -> OpenCV pixel coordinates
     u = np.clip(np.rint(p).astype(int), 0, [kv.cam.width - 1, kv.cam.height - 1])
     X = np.c_[kv.cam.normalize(p), np.ones(len(p))] * kv.depth_query[u[:, 1], u[:, 0]][:, None]
@@ -135,6 +135,6 @@ def test_demo_pairs_pnp(extractors):
     """Demo virtual camera with its (constant) depth, 8-px cells: measured rotation 0.7-1.3 deg, scale 0.96-1.03."""
     for p in demo_pairs()[::12]:
         fq, fm = extractors[8].extract([p.query, p.match], with_local=True).local
-        r = estimate_relative_pose(*match_pair(fq, fm, 0.6, True), p.cam_query, p.cam_match,
+        r = estimate_relative_pose(*matched_points(fq, fm, 0.6), p.cam_query, p.cam_match,
                                    pose_config(fq, PoseConfig()), depth_query=p.depth_query)
         assert r.ok and rotation_angle_deg(r.R, p.R) < 3.0 and abs(np.linalg.norm(r.t) / np.linalg.norm(p.t) - 1) < 0.3

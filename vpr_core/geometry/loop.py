@@ -36,12 +36,19 @@ def camera_for(features: LocalFeatures, camera: CameraModel) -> CameraModel:
     return camera if (camera.width, camera.height) == (w, h) else camera.scaled_to(w, h)
 
 
+def matched_points(query: LocalFeatures, match: LocalFeatures, min_similarity: float = 0.0, ratio: float = 1.0,
+                   subcell: bool = True) -> "tuple[np.ndarray, np.ndarray]":
+    """Pixel positions (query, match) of the pair's mutual-nearest-neighbour matches; sub-cell in the
+    match image when its features lie on a grid (`subcell`)."""
+    ia, ib, _ = mutual_nn(query.desc, match.desc, min_similarity, ratio)
+    xm = refine_match_positions(query, match, ia, ib) if subcell else match.xy[ib].astype(np.float64)
+    return query.xy[ia].astype(np.float64), xm
+
+
 def loop_pose(query: LocalFeatures, match: LocalFeatures, cam_query: CameraModel, cam_match: CameraModel,
               cfg: PoseConfig, min_similarity: float = 0.0, ratio: float = 1.0,
               depth_query: Optional[np.ndarray] = None, fundamental: Optional[np.ndarray] = None) -> PoseResult:
     """T_match_query of a candidate pair (see estimate_relative_pose for the convention and reasons)."""
-    ia, ib, _ = mutual_nn(query.desc, match.desc, min_similarity, ratio)
-    xq = query.xy[ia].astype(np.float64)
-    xm = refine_match_positions(query, match, ia, ib)
+    xq, xm = matched_points(query, match, min_similarity, ratio)
     return estimate_relative_pose(xq, xm, camera_for(query, cam_query), camera_for(match, cam_match),
                                   pose_config(query, cfg), depth_query=depth_query, fundamental=fundamental)
