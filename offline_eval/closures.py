@@ -24,6 +24,7 @@ from offline_eval.benchmark import parse_overrides
 from offline_eval.direct import DatasetFeatures, extract_dataset, stream_stamps
 from vpr_core.config import Config, ConfigError, config_from_dict, load_config
 from vpr_core.datasets import DatasetError, PlaceDataset, load_dataset
+from vpr_core.detector import Consistency
 from vpr_core.metrics import ClosureStats, pr_curve
 from vpr_core.models import DescriptorExtractor
 from vpr_core.pipeline import PlaceRecognizer
@@ -93,15 +94,11 @@ def published(records: Sequence[Record], tc: int, window: int, key: int = 1,
               threshold: float = -np.inf) -> List[tuple]:
     """(frame, candidate) of every closure published over `records` when record field `key` (2 = score,
     3 = margin) must reach `threshold`; temporal consistency applied exactly as the detector does."""
-    out, streak, last = [], 0, None
+    out, consistency = [], Consistency(window)
     for rec in records:
         frame, cand, ok = rec[0], rec[1], rec[4]
-        if cand is None or not ok or not rec[key] >= threshold:
-            streak, last = 0, None
-            continue
-        streak = streak + 1 if last is not None and abs(cand - last) <= window else 1
-        last = cand
-        if streak >= tc:
+        passed = cand is not None and ok and rec[key] >= threshold
+        if consistency.update(cand if passed else None) >= tc:
             out.append((frame, cand))
     return out
 

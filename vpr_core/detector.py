@@ -88,6 +88,27 @@ class FrameResult:
     decision: Decision = field(default_factory=Decision)
 
 
+class Consistency:
+    """Temporal consistency: how many consecutive gated frames matched keyframes within `window` ids of
+    each other. One rule for the detector and for offline replays of its decisions."""
+
+    def __init__(self, window: int) -> None:
+        self.window = int(window)
+        self.reset()
+
+    def reset(self) -> None:
+        self.streak, self.last = 0, None
+
+    def update(self, match_id: Optional[int]) -> int:
+        """The streak after this frame: `match_id` of the candidate that passed the gates, None if none did."""
+        if match_id is None:
+            self.reset()
+            return 0
+        agrees = self.last is not None and abs(match_id - self.last) <= self.window
+        self.streak, self.last = (self.streak + 1 if agrees else 1), match_id
+        return self.streak
+
+
 class PlaceLinks:
     """Keyframes known to show one place (linked by accepted closures), as a union-find over ids."""
 
@@ -134,8 +155,7 @@ class LoopClosureDetector:
         self.cameras: Dict[str, CameraModel] = {}  # frame id -> intrinsics, from the frames that brought one
         self.rejections: Counter = Counter()  # reason -> frames rejected for it (REJECTIONS)
         self._next_id = db.next_id
-        self._streak = 0
-        self._last_match: Optional[int] = None
+        self.consistency = Consistency(cfg.consistency_window)
         self._odometer = np.zeros(2)  # [metres along the odometry poses, appearance change] since the start
         self._last_pose: Optional[list] = None
         self._last_desc: Optional[np.ndarray] = None
@@ -160,7 +180,7 @@ class LoopClosureDetector:
         """Switch to another map (after a load or a reset); ids keep increasing so they never collide."""
         self.db = db
         self._next_id = max(self._next_id, db.next_id)
-        self._streak, self._last_match = 0, None
+        self.consistency.reset()
         self.keyframes.reset()
         self.sequence.reset()
         self.links = PlaceLinks()
@@ -386,16 +406,13 @@ class LoopClosureDetector:
 
     def _accept(self, query: Keyframe, d: Decision) -> Optional[LoopClosure]:
         """Temporal consistency over the frames that passed the gates; count the rejection otherwise."""
+        self.consistency.window = self.cfg.consistency_window  # a run-time parameter change applies at once
+        d.streak = self.consistency.update(None if d.rejected else d.candidate.id)
         if d.rejected:
-            self._streak, self._last_match = 0, None
             self.rejections[d.rejected] += 1
             return None
         best = d.candidate
-        agrees = self._last_match is not None and abs(best.id - self._last_match) <= self.cfg.consistency_window
-        self._streak = self._streak + 1 if agrees else 1
-        self._last_match = best.id
-        d.streak = self._streak
-        if self._streak < self.cfg.temporal_consistency:
+        if d.streak < self.cfg.temporal_consistency:
             d.rejected = "inconsistent"
             self.rejections[d.rejected] += 1
             return None
