@@ -368,10 +368,10 @@ class LoopClosureDetector:
         if not candidates:
             return None
         scores = np.array([c.score for c in candidates], np.float32)
-        same = [self.links.same(c.id, candidates[0].id) for c in candidates]
-        other = best_other(scores, positions, 0, self.cfg.margin_window, same)
+        other = best_other(scores, positions, 0, self.cfg.margin_window,
+                           lambda i: self.links.same(candidates[i].id, candidates[0].id))
         if np.isnan(other):
-            other = float(min(scores.min(), scores[0]))
+            other = float(scores.min())
         return candidates[0], float(scores[0]), other
 
     def _by_sequence(self, descriptor: np.ndarray, stamp_ns: int,
@@ -393,8 +393,8 @@ class LoopClosureDetector:
             stored = self.db.local.get(kf.id)
             cand.verification = (self.reranker.verify(query_local, stored) if stored is not None
                                  else self.reranker.unverifiable())
-        same = [self.links.same(self.db.keyframe_at(int(p)).id, kf.id) for p in ends]
-        other = best_other(scores, ends, best, self.cfg.margin_window, same)
+        other = best_other(scores, ends, best, self.cfg.margin_window,
+                           lambda i: self.links.same(self.db.keyframe_at(int(ends[i])).id, kf.id))
         return cand, float(scores[best]), other  # NaN other: no competing place, margin unknown
 
     def _matchable(self, position: int, stamp_ns: int) -> bool:

@@ -8,7 +8,7 @@ frame), of the mean cosine similarity between the recent query frames and the ke
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Deque, List, Sequence
+from typing import TYPE_CHECKING, Callable, Deque, Sequence
 
 import numpy as np
 
@@ -114,9 +114,13 @@ class SequenceMatcher:
 
 
 def best_other(scores: np.ndarray, positions: np.ndarray, best: int, window: int,
-               same_place: List[bool]) -> float:
+               same_place: Callable[[int], bool]) -> float:
     """The highest score among candidates that are another place than candidate `best`: farther than
-    `window` map positions from it and not linked to it by an earlier closure. NaN when none is."""
-    far = np.abs(np.asarray(positions) - positions[best]) > window
-    far &= ~np.asarray(same_place, bool) & np.isfinite(scores)
-    return float(np.max(scores[far])) if far.any() else float("nan")
+    `window` map positions from it and not linked to it by an earlier closure (`same_place(i)`, asked
+    only of the best-scoring far candidates until one is not linked). NaN when none is."""
+    positions = np.asarray(positions)
+    far = (np.abs(positions - positions[best]) > window) & np.isfinite(scores)
+    for i in np.flatnonzero(far)[np.argsort(-scores[far], kind="stable")]:
+        if not same_place(int(i)):
+            return float(scores[i])
+    return float("nan")

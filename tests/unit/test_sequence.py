@@ -98,10 +98,10 @@ def test_hypotheses_carry_earlier_retrievals_forward():
 def test_best_other_ignores_neighbours_and_linked_places():
     scores = np.array([0.9, 0.85, 0.7, 0.6, np.nan], np.float32)
     positions = np.array([10, 12, 50, 90, 200])
-    assert best_other(scores, positions, 0, window=5, same_place=[True, False, False, False, False]) == \
-        pytest.approx(0.7)
-    assert best_other(scores, positions, 0, 5, [True, False, True, False, False]) == pytest.approx(0.6)
-    assert np.isnan(best_other(scores, positions, 0, 100, [False] * 5))
+    linked = lambda *ids: (lambda i: i in ids)  # noqa: E731
+    assert best_other(scores, positions, 0, window=5, same_place=linked(0)) == pytest.approx(0.7)
+    assert best_other(scores, positions, 0, 5, linked(0, 2)) == pytest.approx(0.6)
+    assert np.isnan(best_other(scores, positions, 0, 100, linked()))
 
 
 @pytest.mark.parametrize("kw", [dict(length=0, velocities=[1.0]), dict(length=5, velocities=[]),
