@@ -128,11 +128,11 @@ def run_stage(base: Config, stage: Stage, stream: Stream, extractor: DescriptorE
     rec = PlaceRecognizer(cfg, extractor=extractor)
     det = rec.detector
     th_score, th_margin = det.threshold, cfg.detector.min_margin
-    c = cfg.detector
-    cosine_th, support_th = c.loop_threshold, c.sequence_support if c.sequence_length > 1 else 0.0
-    support = lambda d: support_th > 0 and d.score >= support_th and d.candidate.score >= cosine_th  # noqa: E731
-    # open both score gates to record every frame's scores (the detector's copy of the config only)
-    det.cfg.loop_threshold, det.cfg.sequence_threshold, det.cfg.min_margin = 0.0, -np.inf, 0.0
+    # open the score gates to record every frame's scores; with sequences loop_threshold stays: it only
+    # decides the support route, which the detector reports per frame (Decision.supported)
+    if cfg.detector.sequence_length == 1:
+        cfg.detector.loop_threshold = 0.0
+    cfg.detector.sequence_threshold, cfg.detector.min_margin = -np.inf, 0.0
     reranking = cfg.rerank.method != "none"
     records: List[Record] = []
     t0 = time.perf_counter()
@@ -141,7 +141,7 @@ def run_stage(base: Config, stage: Stage, stream: Stream, extractor: DescriptorE
         d = rec.process_descriptor(glob, stamp, "camera", local=local if reranking else None).decision
         ok = d.candidate is not None and d.rejected in ("", "inconsistent", "below_threshold", "ambiguous")
         records.append((i, d.candidate.id if d.candidate else None, d.score, d.margin, ok, d.rejected,
-                        ok and support(d)))
+                        ok and d.supported))
     seconds = time.perf_counter() - t0
     tc, window = cfg.detector.temporal_consistency, cfg.detector.consistency_window
     margin_ok = lambda m: th_margin <= 0 or m >= th_margin  # noqa: E731  (the detector's rule: NaN fails a set margin)

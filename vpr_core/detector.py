@@ -76,6 +76,7 @@ class Decision:
     score: float = float("nan")  # the score loop_threshold applies to (cosine or sequence score)
     margin: float = float("nan")  # score minus the best other place's score
     verified: bool = True  # local/geometric verification passed (True when none is configured)
+    supported: bool = False  # sequence support route: own cosine >= loop_threshold, score >= sequence_support
     streak: int = 0  # consecutive agreeing frames up to this one
     rejected: str = ""  # one of REJECTIONS, "" when a closure was published
     detail: str = ""  # e.g. the geometry's own reason
@@ -321,7 +322,10 @@ class LoopClosureDetector:
             return Decision(rejected=why)
         cand, score, other = picked
         v = cand.verification
-        d = Decision(cand, score, score - other, v is None or v.verified)
+        c = self.cfg
+        d = Decision(cand, score, score - other, v is None or v.verified,
+                     supported=(c.sequence_length > 1 and c.sequence_support > 0 and score >= c.sequence_support
+                                and cand.score >= c.loop_threshold))
         if not d.verified:
             d.rejected = "unverified"
         elif not self._scores_enough(d):
@@ -359,8 +363,7 @@ class LoopClosureDetector:
         c = self.cfg
         if c.sequence_length == 1:
             return d.score >= c.loop_threshold
-        support = c.sequence_support > 0 and d.score >= c.sequence_support and d.candidate.score >= c.loop_threshold
-        return d.score >= c.sequence_threshold or support
+        return d.score >= c.sequence_threshold or d.supported
 
     def _by_frame(self, candidates: List[Candidate], positions: np.ndarray) -> Optional[tuple]:
         """Single-frame decision: the first (re-ranked) candidate, its cosine, and the best other place's
