@@ -24,7 +24,7 @@ from vpr_core.geometry import CameraModel, PoseConfig
 from vpr_core.geometry.loop import NOT_ATTEMPTED, loop_pose
 from vpr_core.keyframes import KeyframePolicy, check_pose, pose_distance
 from vpr_core.local_features import LocalFeatures
-from vpr_core.map_database import Candidate, Keyframe, MapDatabase
+from vpr_core.map_database import Candidate, Keyframe, MapDatabase, too_recent
 from vpr_core.rerank import Verification, build_reranker, rerank
 from vpr_core.sequence import SequenceMatcher, best_other
 
@@ -401,11 +401,11 @@ class LoopClosureDetector:
         return cand, float(scores[best]), other  # NaN other: no competing place, margin unknown
 
     def _matchable(self, position: int, stamp_ns: int) -> bool:
-        """Outside every exclusion window (recent count, recent time, recent travelled distance)."""
+        """Outside every exclusion window: the newest keyframes (count, distance, appearance change: this
+        frame's `_excluded`) and the time window, by the map search's own rule."""
         if position >= len(self.db) - self._excluded:
             return False
-        window = self.cfg.exclude_recent_s * 1e9
-        return not (window > 0 and abs(stamp_ns - self.db.keyframe_at(position).stamp_ns) < window)
+        return not too_recent(self.db.keyframe_at(position), stamp_ns, int(self.cfg.exclude_recent_s * 1e9))
 
     def _accept(self, query: Keyframe, d: Decision) -> Optional[LoopClosure]:
         """Temporal consistency over the frames that passed the gates; count the rejection otherwise."""

@@ -65,6 +65,11 @@ class Candidate:
         return self.keyframe.id
 
 
+def too_recent(kf: Keyframe, query_stamp_ns: Optional[int], exclude_recent_ns: int) -> bool:
+    """Is keyframe `kf` within `exclude_recent_ns` of the query's stamp (0 = no time window)?"""
+    return query_stamp_ns is not None and exclude_recent_ns > 0 and abs(query_stamp_ns - kf.stamp_ns) < exclude_recent_ns
+
+
 def gpu_usable() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
@@ -262,7 +267,7 @@ class MapDatabase:
                 if kid < 0 or int(kid) in excluded:
                     continue
                 kf = self.keyframes[int(kid)]
-                if query_stamp_ns is not None and exclude_recent_ns > 0 and abs(query_stamp_ns - kf.stamp_ns) < exclude_recent_ns:
+                if too_recent(kf, query_stamp_ns, exclude_recent_ns):
                     continue
                 out.append(Candidate(kf, float(score)))
                 if len(out) == k:
