@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import List
 
 import cv2
-import faiss
 import numpy as np
 
 from offline_eval.direct import PathResult
 from vpr_core.datasets import PlaceDataset
 from vpr_core.images import load_image
-from vpr_core.metrics import recall_at_k
+from vpr_core.metrics import rank_database, recall_at_k
 
 
 def raw_pixel_descriptors(paths: List, size=(32, 24)) -> np.ndarray:
@@ -25,8 +24,5 @@ def raw_pixel_descriptors(paths: List, size=(32, 24)) -> np.ndarray:
 
 
 def run_raw_pixels(ds: PlaceDataset, top_k: int = 10) -> PathResult:
-    db = raw_pixel_descriptors(ds.database)
-    index = faiss.IndexFlatIP(db.shape[1])
-    index.add(db)
-    scores, ranked = index.search(raw_pixel_descriptors(ds.queries), top_k)
+    scores, ranked = rank_database(raw_pixel_descriptors(ds.queries), raw_pixel_descriptors(ds.database), top_k)
     return PathResult("raw pixels 32x24", ranked, scores, recall_at_k(ranked, ds.positives))

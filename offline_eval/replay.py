@@ -24,7 +24,7 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image
 
 from offline_eval.bags import read_image_bag
-from vpr_core.config import Config
+from vpr_core.config import Config, write_params_file
 from vpr_msgs.msg import LoopClosure, PlaceMatch
 from vpr_ros.conversions import to_ns
 
@@ -42,21 +42,7 @@ def ros_env(domain_id: Optional[int] = None) -> Dict[str, str]:
 
 def write_params(cfg: Config, path: Path) -> Path:
     """A ROS 2 parameters file for the node from a vpr_core Config."""
-    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": _prune_empty(cfg.to_dict())}}, sort_keys=False))
-    return path
-
-
-def _prune_empty(d: Dict[str, Any]) -> Dict[str, Any]:
-    """ROS 2's params-file parser mis-nests the keys after an empty mapping (`head: {}`) and reads an
-    empty list as unset; absent means the same to vpr_core, so leave empty sections and lists out."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            v = _prune_empty(v)
-        if v == {} or v == []:
-            continue
-        out[k] = v
-    return out
+    return write_params_file(cfg, path)
 
 
 class NodeProcess:

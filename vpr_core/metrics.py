@@ -24,6 +24,17 @@ def recall_at_k(ranked: np.ndarray, positives: Sequence[np.ndarray], ks: Sequenc
     return {k: float(np.mean(first < k)) for k in ks}
 
 
+def rank_database(queries: np.ndarray, database: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ranked): the `k` database rows of highest inner product per query, best first (exact
+    FAISS search; -1 pads when the database has fewer rows). Unit-norm descriptors give cosines."""
+    import faiss
+
+    database = np.ascontiguousarray(database, np.float32)
+    index = faiss.IndexFlatIP(database.shape[1])
+    index.add(database)
+    return index.search(np.ascontiguousarray(queries, np.float32), min(k, max(1, len(database))))
+
+
 @dataclass
 class ClosureStats:
     """Loop closures judged against ground truth: precision is what protects a SLAM map."""

@@ -18,7 +18,7 @@ from vpr_core.models.backbones import BACKBONES
 from vpr_core.models.heads import HEADS
 from vpr_core.models.local import LOCAL_HEADS, LocalOutput
 from vpr_core.models.preprocess import Preprocessor
-from vpr_core.models.weights import load_weights
+from vpr_core.models.weights import load_trained_weights, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,9 @@ def build_model(cfg: ModelConfig, load_checkpoint: bool = True) -> VPRModel:
             raise ValueError("model.checkpoint is empty: name a local weights file (weights are never downloaded)")
         path = load_weights(model, cfg.checkpoint, cfg.checkpoint_format)
         log.info("loaded %s weights from %s", cfg.name, path)
+        if cfg.trained_checkpoint:
+            path = load_trained_weights(model, cfg.trained_checkpoint)
+            log.info("loaded trained weights of %s from %s", cfg.name, path)
     return model.eval()
 
 

@@ -139,6 +139,28 @@ def load_weights(model: nn.Module, spec: str, fmt: str) -> Path:
     return path
 
 
+def load_trained_weights(model: nn.Module, spec: str) -> Path:
+    """Load a partial native checkpoint written by `vpr-core train` over the model's weights: every tensor
+    must exist in the model with the same shape, and every module it names (`covers`) must be complete."""
+    path = resolve_checkpoint_path(spec)
+    obj = read_checkpoint(path)
+    state = unwrap_state_dict(obj)
+    covers = obj.get("vpr_ros_covers") if isinstance(obj, Mapping) else None
+    if not isinstance(covers, list) or not covers:
+        covers = sorted({k.split(".", 1)[0] + "." for k in state})
+    own = model.state_dict()
+    unexpected = sorted(k for k in state if k not in own)
+    missing = sorted(k for k in own if k.startswith(tuple(covers)) and k not in state)
+    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
+              if k in own and v.shape != own[k].shape]
+    problems = [f"{len(x)} {what}: {_describe(x)}" for x, what in
+                ((missing, "missing key(s)"), (unexpected, "unexpected key(s)"), (shapes, "shape mismatch(es)")) if x]
+    if problems:
+        raise CheckpointError(f"trained checkpoint {path} does not fit the model (covers {covers}): " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+    return path
+
+
 def save_checkpoint(model: nn.Module, path: Path, extra: Mapping[str, Any] | None = None) -> None:
     """Write our native layout atomically (tmp file + rename)."""
     path = Path(path)

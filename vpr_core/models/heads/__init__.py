@@ -11,4 +11,4 @@ from vpr_core.registry import Registry
 
 HEADS: Registry = Registry("head")
 
-from vpr_core.models.heads import classifier, mlp  # noqa: E402,F401  (registers heads)
+from vpr_core.models.heads import classifier, mlp, whiten  # noqa: E402,F401  (registers heads)

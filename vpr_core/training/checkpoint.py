@@ -1,0 +1,72 @@
+"""Training state on disk: everything `--resume` needs to continue bit-exact (weights, optimiser,
+scheduler, RNG states, position in the epoch, miner cache), and the inference export + its config."""
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Dict, List, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from vpr_core.config import Config, config_from_dict, set_dotted, write_params_file
+from vpr_core.models.weights import CheckpointError
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(path: Path, state: Dict[str, Any]) -> None:
+    """Atomic write (temporary file + rename): a crash mid-save keeps the previous checkpoint."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_state(path: Path) -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"resume: no training checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG states are objects
+    except Exception as exc:
+        raise CheckpointError(f"resume: cannot read {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        raise CheckpointError(f"resume: {path} is not a vpr-core training checkpoint")
+    return state
+
+
+def covered_keys(model: nn.Module, prefixes: List[str]) -> Dict[str, torch.Tensor]:
+    """The model's tensors (parameters and buffers) under the trained prefixes."""
+    pre = tuple(p.rstrip(".") + "." for p in prefixes)
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith(pre) or k in prefixes}
+
+
+def export_model(model: nn.Module, prefixes: List[str], model_cfg: Config, run_dir: Path,
+                 produced: Mapping[str, Any], tag: str = "model") -> Path:
+    """Write `<tag>.pth` (the trained tensors, native layout) and `<tag>.yaml` (the model's params file
+    naming it as model.trained_checkpoint): the node and the benchmark load the result with --config."""
+    weights = run_dir / f"{tag}.pth"
+    state = covered_keys(model, prefixes)
+    save_state(weights, {"state_dict": state, "vpr_ros_covers": [p.rstrip(".") + "." for p in prefixes]})
+    data = model_cfg.to_dict()
+    data["model"]["trained_checkpoint"] = str(weights.resolve())
+    for dotted, value in produced.items():
+        set_dotted(data, dotted, value)
+    cfg = config_from_dict(data)  # validated, as the node would
+    return write_params_file(replace(cfg), run_dir / f"{tag}.yaml")
