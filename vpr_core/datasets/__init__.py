@@ -13,12 +13,13 @@ from vpr_core.datasets.errors import DatasetError
 from vpr_core.datasets.geo import DEFAULT_RADIUS_M, SPLITS, utm_from_name
 from vpr_core.datasets.gsv_cities import GSV_COLUMNS, gsv_image_name, load_place_images
 from vpr_core.datasets.load import load_dataset
+from vpr_core.datasets.pairs import PairList, load_pairs
 from vpr_core.datasets.place_images import PlaceImages, place_images_from
 from vpr_core.datasets.positions import neighbours_within, position_bins
 
 __all__ = [
     "IMAGE_SUFFIXES", "LAYOUTS", "POSITION_UNITS", "PlaceDataset", "DatasetError", "load_dataset",
     "image_files", "SPLITS", "DEFAULT_RADIUS_M", "utm_from_name", "GSV_COLUMNS", "gsv_image_name",
-    "load_place_images", "PlaceImages", "place_images_from",
+    "load_place_images", "PairList", "load_pairs", "PlaceImages", "place_images_from",
     "neighbours_within", "position_bins",
 ]
