@@ -146,11 +146,11 @@ def load_trained_weights(model: nn.Module, spec: str) -> Path:
     obj = read_checkpoint(path)
     state = unwrap_state_dict(obj)
     covers = obj.get("vpr_ros_covers") if isinstance(obj, Mapping) else None
-    if not isinstance(covers, list) or not covers:
+    if not isinstance(covers, list):  # [] = single tensors (e.g. adapters): no module must be complete
         covers = sorted({k.split(".", 1)[0] + "." for k in state})
     own = model.state_dict()
     unexpected = sorted(k for k in state if k not in own)
-    missing = sorted(k for k in own if k.startswith(tuple(covers)) and k not in state)
+    missing = sorted(k for k in own if covers and k.startswith(tuple(covers)) and k not in state)
     shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
               if k in own and v.shape != own[k].shape]
     problems = [f"{len(x)} {what}: {_describe(x)}" for x, what in

@@ -2,6 +2,7 @@
 scheduler, RNG states, position in the epoch, miner cache), and the inference export + its config."""
 from __future__ import annotations
 
+import fnmatch
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -51,10 +52,16 @@ def load_state(path: Path) -> Dict[str, Any]:
     return state
 
 
-def covered_keys(model: nn.Module, prefixes: List[str]) -> Dict[str, torch.Tensor]:
-    """The model's tensors (parameters and buffers) under the trained prefixes."""
-    pre = tuple(p.rstrip(".") + "." for p in prefixes)
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith(pre) or k in prefixes}
+def is_trained(name: str, patterns: List[str]) -> bool:
+    """A tensor or module name is trained when an entry names it, one of its parents (`head`), or
+    matches it as a glob (`backbone.*.adapter*`: SelaVPR's adapters inside a frozen backbone)."""
+    return any(name == p or name.startswith(p.rstrip(".") + ".") or fnmatch.fnmatchcase(name, p)
+               or fnmatch.fnmatchcase(name, p + ".*") for p in patterns)
+
+
+def covered_keys(model: nn.Module, patterns: List[str]) -> Dict[str, torch.Tensor]:
+    """The model's tensors (parameters and buffers) the trainable entries name."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if is_trained(k, patterns)}
 
 
 def export_model(model: nn.Module, prefixes: List[str], model_cfg: Config, run_dir: Path,
@@ -63,7 +70,8 @@ def export_model(model: nn.Module, prefixes: List[str], model_cfg: Config, run_d
     naming it as model.trained_checkpoint): the node and the benchmark load the result with --config."""
     weights = run_dir / f"{tag}.pth"
     state = covered_keys(model, prefixes)
-    save_state(weights, {"state_dict": state, "vpr_ros_covers": [p.rstrip(".") + "." for p in prefixes]})
+    covers = [p.rstrip(".") + "." for p in prefixes if not any(c in p for c in "*?[")]  # whole modules
+    save_state(weights, {"state_dict": state, "vpr_ros_covers": covers})
     data = model_cfg.to_dict()
     data["model"]["trained_checkpoint"] = str(weights.resolve())
     for dotted, value in produced.items():

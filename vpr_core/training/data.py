@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-import faiss
 import numpy as np
 
-from vpr_core.datasets import PlaceDataset, load_dataset
+from vpr_core.datasets import PlaceDataset, load_dataset, load_place_images, neighbours_within, place_images_from
 from vpr_core.training.config import DataConfig
 from vpr_core.training.features import TrainingDataError
 
@@ -20,10 +19,8 @@ log = logging.getLogger(__name__)
 def _positions(ds: PlaceDataset) -> Tuple[np.ndarray, np.ndarray, str]:
     """(database positions, query positions, unit); datasets without positions are ordered routes:
     database index = position, a query sits at the middle of its true matches."""
-    dbp, qp = getattr(ds, "db_positions", None), getattr(ds, "query_positions", None)
-    if dbp is not None and qp is not None:
-        return np.asarray(dbp, np.float64).reshape(len(ds.database), -1), \
-            np.asarray(qp, np.float64).reshape(len(ds.queries), -1), getattr(ds, "position_unit", "frame")
+    if ds.has_positions:
+        return ds.db_positions, ds.query_positions, ds.position_unit or "frame"
     if any(not p.size for p in ds.positives):
         raise TrainingDataError(f"{ds.name}: a query without ground truth and no positions: cannot train on it")
     return (np.arange(len(ds.database), dtype=np.float64)[:, None],
@@ -54,21 +51,13 @@ class ImageTable:
 
     def within(self, radius: float, points: Optional[np.ndarray] = None) -> List[np.ndarray]:
         """Candidates within `radius` of each anchor (or of `points` indices), itself excluded."""
-        points = self.anchors if points is None else points
-        if self.unit == "label":
-            out = []
-            for i in points:
-                same = self.candidates[self.positions[self.candidates, 0] == self.positions[i, 0]]
-                out.append(same[same != i])
-            return out
-        index = faiss.IndexFlatL2(self.positions.shape[1])
-        index.add(self.positions[self.candidates].astype(np.float32))
-        lims, _, ids = index.range_search(self.positions[points].astype(np.float32), float(radius) ** 2 + 1e-6)
-        out = []
-        for j, i in enumerate(points):
-            near = np.sort(self.candidates[ids[lims[j]:lims[j + 1]]])
-            out.append(near[near != i])
-        return out
+        points = self.anchors if points is None else np.asarray(points)
+        if self.unit == "label":  # a place label: the same label is the same place
+            near = [self.candidates[self.positions[self.candidates, 0] == self.positions[i, 0]] for i in points]
+        else:
+            near = [self.candidates[n] for n in
+                    neighbours_within(self.positions[points], self.positions[self.candidates], radius)]
+        return [np.sort(n[n != i]) for n, i in zip(near, points)]
 
 
 def split_dataset(path: str, part: str, tolerance: int) -> PlaceDataset:
@@ -82,10 +71,7 @@ def split_dataset(path: str, part: str, tolerance: int) -> PlaceDataset:
             raise TrainingDataError(f"split '{part}' must be 'start:stop' frame numbers or a split name") from None
         return load_dataset(path, tolerance=tolerance).segment(a, b)
     if part:
-        try:
-            return load_dataset(path, tolerance=tolerance, split=part)
-        except TypeError:  # dataset readers without named splits
-            raise TrainingDataError(f"{path}: named split '{part}' needs the geo-localisation layout") from None
+        return load_dataset(path, tolerance=tolerance, split=part)
     return load_dataset(path, tolerance=tolerance)
 
 
@@ -130,18 +116,6 @@ def table_from_labels(name: str, paths: List[Path], labels: np.ndarray, min_per_
     return ImageTable(name, paths, labels[:, None].astype(np.float64), anchors, idx, "label")
 
 
-def labels_by_position(ds: PlaceDataset, group: float) -> Tuple[List[Path], np.ndarray]:
-    """Database and query images labelled by position bins `group` wide (Nordland: frame k of both
-    seasons -> place k // group)."""
-    dbp, qp, _ = _positions(ds)
-    if dbp.shape[1] != 1:  # metres: square grid cells
-        cells = np.floor(np.concatenate([dbp, qp]) / group).astype(np.int64)
-        _, labels = np.unique(cells, axis=0, return_inverse=True)
-    else:
-        labels = np.floor(np.concatenate([dbp, qp])[:, 0] / group).astype(np.int64)
-    return list(ds.database) + list(ds.queries), labels.ravel()
-
-
 def is_place_images(path: str) -> bool:
     """GSV-Cities-style folders (`Dataframes/<city>.csv` + `Images/<city>/`) label places directly."""
     return (Path(path) / "Dataframes").is_dir()
@@ -151,8 +125,6 @@ def training_table(cfg: DataConfig) -> ImageTable:
     """The training split as an ImageTable: labelled places as they are, query/database datasets as
     anchors/candidates of the `train` part."""
     if is_place_images(cfg.path):
-        from vpr_core.datasets import load_place_images
-
         pim = load_place_images(cfg.path, min_images_per_place=cfg.min_per_place)
         return table_from_labels(pim.name, pim.paths, pim.labels, cfg.min_per_place, cfg.max_anchors)
     return table_from_places(split_dataset(cfg.path, cfg.train, cfg.tolerance), cfg.max_anchors)
@@ -163,5 +135,7 @@ def labelled_table(cfg: DataConfig) -> ImageTable:
     if is_place_images(cfg.path):
         return training_table(cfg)
     ds = split_dataset(cfg.path, cfg.train, cfg.tolerance)
-    paths, labels = labels_by_position(ds, cfg.group)
-    return table_from_labels(ds.name, paths, labels, cfg.min_per_place, cfg.max_anchors)
+    if not ds.has_positions:
+        raise TrainingDataError(f"{ds.name}: classification groups images into places by position; this layout has none")
+    pim = place_images_from(ds, cfg.group)
+    return table_from_labels(pim.name, pim.paths, pim.labels, cfg.min_per_place, cfg.max_anchors)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from vpr_core.config import ConfigError, load_config
 from vpr_core.models.vpr_model import DescriptorExtractor, build_model
 from vpr_core.models.weights import load_trained_weights
-from vpr_core.training.checkpoint import export_model, load_state, rng_state, save_state, set_rng_state
+from vpr_core.training.checkpoint import export_model, is_trained, load_state, rng_state, save_state, set_rng_state
 from vpr_core.training.config import TrainConfig
 from vpr_core.training.data import check_gap, split_dataset
 from vpr_core.training.distributed import Distributed
@@ -112,14 +112,13 @@ class Trainer:
     # ---- setup -----------------------------------------------------------------------------------
     def _select_trainable(self) -> List[str]:
         names = list(self.model.state_dict())
-        for prefix in self.cfg.trainable:
-            if not any(n == prefix or n.startswith(prefix.rstrip(".") + ".") for n in names):
+        for pattern in self.cfg.trainable:
+            if not any(is_trained(n, [pattern]) for n in names):
                 tops = sorted({n.split(".")[0] for n in names})
-                raise ConfigError(f"trainable prefix '{prefix}' names no tensor of the model (its parts: {tops}); "
+                raise ConfigError(f"trainable entry '{pattern}' names no tensor of the model (its parts: {tops}); "
                                   f"a model config without that part cannot train it")
-        pre = tuple(p.rstrip(".") + "." for p in self.cfg.trainable)
         for n, p in self.model.named_parameters():
-            p.requires_grad_(n.startswith(pre) or n in self.cfg.trainable)
+            p.requires_grad_(is_trained(n, self.cfg.trainable))
         return list(self.cfg.trainable)
 
     def _cluster_init(self) -> None:
@@ -166,9 +165,8 @@ class Trainer:
     def _train_mode(self) -> None:
         """Train mode only where something trains: a frozen backbone keeps its BatchNorm statistics."""
         self.model.eval()
-        pre = tuple(p.rstrip(".") + "." for p in self.trainable)
         for name, m in self.model.named_modules():
-            if name and (name.startswith(pre) or name in self.trainable):
+            if name and is_trained(name, self.trainable):
                 m.train()
         for m in self.scheme.modules().values():
             m.train()
