@@ -1,7 +1,8 @@
 """Local heads: dense local features for re-ranking, one file per method.
 
-A local head is called as `head(features, backbone, input_hw)` with the backbone's raw output and
-returns a `LocalOutput` (descriptors, their positions in input pixels, optional weights).
+A local head is called as `head(features, backbone, input_hw)` with the backbone's raw output, reads it
+through `backbone.to_map` and the helpers of vpr_core/models/features.py (the backbone-output contract),
+and returns a `LocalOutput` (descriptors, their positions in input pixels, optional weights).
 
 Heads (config `model.local_head.name`), builders called as `builder(in_dim, **options)`:
 - `feature_map`: backbone feature-map cells (output, or an earlier stage by `stride`); no training.

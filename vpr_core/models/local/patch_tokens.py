@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from timm.models.xcit import ClassAttentionBlock
 from torch import nn
 
+from vpr_core.models.features import local_features
 from vpr_core.models.local import LOCAL_HEADS, LocalOutput, grid_xy
 
 
@@ -67,7 +68,7 @@ class PatchTokenHead(nn.Module):
             raise ValueError(f"patch_tokens local head was built for {self.in_dim}-D tokens, "
                              f"the backbone gives {fmap.shape[1]}-D")
         b, c, h, w = fmap.shape
-        return fmap.flatten(2).transpose(1, 2), (h, w)  # (B, h*w, C)
+        return local_features(fmap), (h, w)  # (B, h*w, C)
 
     def reduce(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, C) patch tokens -> (B, N, dim) local descriptors (not normalised)."""

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vpr_core.models.features import local_features
 from vpr_core.models.local import LOCAL_HEADS, LocalOutput
 
 UPSAMPLE = 2  # each up-convolution: n -> 2n - 1 cells, half the spacing
@@ -67,7 +68,7 @@ class UpConvHead(nn.Module):
         grid_hw = tuple(fmap.shape[-2:])
         out = self.dense(fmap.to(self.upconv1.weight.dtype)).float()
         b, c, h, w = out.shape
-        desc = out.flatten(2).transpose(1, 2)  # (B, h*w, dim)
+        desc = local_features(out)  # (B, h*w, dim)
         weight = desc.norm(dim=-1)
         xy = upconv_xy(h, w, grid_hw, input_hw, device=desc.device).unsqueeze(0).expand(b, -1, -1)
         return LocalOutput(F.normalize(desc, dim=-1), xy, weight)
