@@ -10,7 +10,7 @@
   to_map(feats, hw)   the backbone output as a spatial map (B,C,h,w)
 
 Weights are never fetched here (`pretrained=False` always); they come from the local checkpoint
-named in the config, loaded by `vpr_core.models.weights` (key layouts in `vpr_core.models.formats`).
+named in the config, loaded by `vpr_core.models.weights` (key layouts: vpr_core/models/formats/).
 
 The `timm` family (the default) picks the family wrapper that fits the timm architecture: ViT / DeiT /
 CaiT -> `vit`, DINOv2 -> `dinov2`, PiT -> `pit`, XCiT -> `xcit`, VGG -> `vgg`, ResNet -> `resnet`; any other

@@ -9,7 +9,7 @@ Heads (config `model.local_head.name`), builders called as `builder(in_dim, **op
 - `upconv`: SelaVPR's up-convolution local adaptation (dense (4h-3) x (4w-3) map of 128-D features).
 - `patch_tokens`: ViTGaL's patch embeddings reduced by an autoencoder's encoder, weighted by the class
   attention of its scorer (`attention: false`: autoencoder only).
-Parameter names follow the seeds' checkpoints (vpr_core/models/formats.py).
+Parameter names follow the seeds' checkpoints (vpr_core/models/formats/, one file per seed).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ trained on top of the frozen retrieval backbone, does two things with them:
   highest attention as keypoints (per head divided by its maximum, then averaged over heads).
 Here that head-averaged attention is `LocalOutput.weight`, so `model.max_local_features` keeps the
 strongest patches. (ViTGaL also thresholds it, runs several scales and applies NMS; one scale and a
-top-k cap here.) Parameter names follow ViTGaL's checkpoint, see vpr_core/models/formats.py `vitgal`;
+top-k cap here.) Parameter names follow ViTGaL's checkpoint, see vpr_core/models/formats/vitgal.py;
 the blocks are timm's XCiT `ClassAttentionBlock` (separate q, k, v; the key map splits ViTGaL's fused qkv).
 
 With `attention: false` the head is the autoencoder only (no class token, blocks or norm; a ViTGaL

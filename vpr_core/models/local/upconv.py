@@ -6,7 +6,7 @@ As published (Lu et al., ICLR 2024): `upconv1` = ConvTranspose2d(1024 -> 256, ke
 padding 1), ReLU, `upconv2` = ConvTranspose2d(256 -> 128, same geometry), no output padding, so each
 layer maps n -> 2n - 1: the 16x16 patch grid of a 224x224 input becomes 31x31, then 61x61 (SelaVPR's
 `dense_feature_map_size` 61x61x128). The layer names match the checkpoint (`LocalAdapt.upconv{1,2}` ->
-`local_head.upconv{1,2}`, see vpr_core/models/formats.py `selavpr`).
+`local_head.upconv{1,2}`, see vpr_core/models/formats/selavpr.py).
 
 Positions: with kernel 3, stride 2, padding 1, output cell o is centred on input cell o / 2 (the centre
 tap), so after both layers output cell o sits on patch-grid coordinate o / 4, i.e. at pixel
