@@ -54,6 +54,7 @@ def _training_extras() -> list:
 
 
 def read_checkpoint(path: Path) -> Any:
+    """`torch.load` with weights_only (no arbitrary code), the seeds' harmless extras allowed; errors named."""
     try:
         with torch.serialization.safe_globals(_training_extras()):
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -58,9 +58,11 @@ class Template:
 
     @property
     def kinds(self) -> Dict[str, str]:
+        """Declared field kinds ({'i': 'int', ...}); the partner template inherits them."""
         return {name: kind for name, (kind, _) in self.fields.items() if kind}
 
     def match(self, key: str) -> Optional[Dict[str, str]]:
+        """Field values of `key` (offsets undone), or None when the key does not fit the template."""
         m = self.regex.fullmatch(key)
         if m is None:
             return None
@@ -76,6 +78,7 @@ class Template:
         return values
 
     def format(self, values: Mapping[str, str]) -> str:
+        """The key these field values spell (offsets applied): `match`'s inverse."""
         def sub(m: "re.Match[str]") -> str:
             offset = int(m.group(3) or 0)
             value = values[m.group(1)]
@@ -162,6 +165,8 @@ class KeyMap:
     # ---- seed -> ours ----
     def to_ours(self, seed_state: Mapping[str, torch.Tensor],
                 model_state: Optional[Mapping[str, torch.Tensor]] = None) -> State:
+        """A seed state in our key names; with `model_state`, seed scalars take our shapes and the
+        keep / fill / optional rules apply (what `load_weights` needs)."""
         state = self._canonical(seed_state)
         if self.pre_ours is not None:
             state = self.pre_ours(state)
@@ -212,6 +217,7 @@ class KeyMap:
         return out
 
     def _canonical(self, seed_state: Mapping[str, torch.Tensor]) -> State:
+        """Seed keys with every alias spelling rewritten to the canonical one (a key twice is refused)."""
         aliases = [(alt, canon) for alt, (canon,) in (_pair(a, b) for a, b in self.aliases)]
         out: State = {}
         for key, value in seed_state.items():
