@@ -31,6 +31,7 @@ from vpr_core.config import ModelConfig
 from vpr_core.datasets import IMAGE_SUFFIXES, load_dataset
 from vpr_core.images import iter_image_batches
 from vpr_core.models.aggregators import AGGREGATORS
+from vpr_core.models.features import local_features  # noqa: F401  (also this module's public name)
 from vpr_core.models.weights import (CHECKPOINT_FORMATS, MappedState, check_and_load, read_checkpoint,
                                      resolve_checkpoint_path)
 
@@ -77,15 +78,6 @@ def collect_images(sources: Sequence[Union[str, Path]], max_images: Optional[int
             idx = np.unique(np.linspace(0, len(paths) - 1, max_images).round().astype(int))
             paths = [paths[i] for i in idx]
     return paths
-
-
-def local_features(feats: torch.Tensor, num_prefix_tokens: int = 0) -> torch.Tensor:
-    """Backbone output -> local descriptors (B, P, C): map cells (B,C,H,W) or patch tokens (B,N,C)."""
-    if feats.ndim == 4:
-        return feats.flatten(2).transpose(1, 2)
-    if feats.ndim == 3:
-        return feats[:, num_prefix_tokens:]
-    raise ValueError(f"backbone output must be a map (B,C,H,W) or tokens (B,N,C), got {tuple(feats.shape)}")
 
 
 def spherical_kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 0, spherical: bool = True,

@@ -1,34 +1,23 @@
 """Loading weights from a local checkpoint file, with strict key and shape checks.
 
-A checkpoint format maps a published state-dict layout onto our model's keys; every mismatch
-(missing, unexpected, wrong shape) is reported by name, so a wrong file never loads silently.
-Nothing is ever downloaded.
+A checkpoint format (one file each in vpr_core/models/formats/, registered in `CHECKPOINT_FORMATS`) maps a
+published state-dict layout onto our model's keys; every mismatch (missing, unexpected, wrong shape) is
+reported by name here, so a wrong file never loads silently. Nothing is ever downloaded.
 """
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, List, Mapping, Tuple
 
 import torch
 from torch import nn
 
-from vpr_core.registry import Registry
+# the formats' registry and types, kept importable from here (every format registers on this import)
+from vpr_core.models.formats import CHECKPOINT_FORMATS, CheckpointError, MappedState, unwrap_state_dict
 
-
-class CheckpointError(RuntimeError):
-    """The checkpoint file is missing, unreadable, or does not fit the model."""
-
-
-@dataclass
-class MappedState:
-    """A checkpoint translated to our key names, and the key prefix of our model it must cover fully."""
-    state: Dict[str, torch.Tensor]
-    covers: str = ""  # "" = the whole model; "backbone." = only the backbone
-
-
-CHECKPOINT_FORMATS: Registry[Callable[[Any, nn.Module], MappedState]] = Registry("checkpoint format")
+__all__ = ["CHECKPOINT_FORMATS", "CheckpointError", "MappedState", "check_and_load", "load_weights", "read_checkpoint",
+           "resolve_checkpoint_path", "save_checkpoint", "state_fingerprint", "unwrap_state_dict"]
 
 
 def resolve_checkpoint_path(spec: str) -> Path:
@@ -65,46 +54,12 @@ def _training_extras() -> list:
 
 
 def read_checkpoint(path: Path) -> Any:
+    """`torch.load` with weights_only (no arbitrary code), the seeds' harmless extras allowed; errors named."""
     try:
         with torch.serialization.safe_globals(_training_extras()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/corrupt archives
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
-
-
-def unwrap_state_dict(obj: Any) -> Dict[str, torch.Tensor]:
-    """Find the state dict inside common wrappers ({'state_dict': ...}, {'model': ...}) and strip 'module.'."""
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
-            obj = obj[key]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError("checkpoint does not hold a state dict of tensors")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
-
-
-@CHECKPOINT_FORMATS.register("vpr_ros", "timm")
-def _native(obj: Any, model: nn.Module) -> MappedState:
-    """Our own layout (`VPRModel.state_dict()`), as written by `save_checkpoint` and the trainer."""
-    return MappedState(unwrap_state_dict(obj))
-
-
-@CHECKPOINT_FORMATS.register("efficientnet_lite0_pth")
-def _efficientnet_lite_by_order(obj: Any, model: nn.Module) -> MappedState:
-    """lukemelas-style EfficientNet-Lite keys (`_conv_stem`, `_blocks.N`) -> timm keys, by position.
-
-    The two layouts list the same tensors in the same order; the classifier (`_fc`) is dropped
-    because the VPR backbone has none. Shapes are checked pair by pair.
-    """
-    src = [(k, v) for k, v in unwrap_state_dict(obj).items() if not k.startswith("_fc.")]
-    dst = [(k, v) for k, v in model.state_dict().items() if k.startswith("backbone.")]
-    if len(src) != len(dst):
-        raise CheckpointError(f"efficientnet_lite0_pth: checkpoint has {len(src)} backbone tensors, "
-                              f"model has {len(dst)}: not the same architecture")
-    bad = [f"{sk}{tuple(sv.shape)} -> {dk}{tuple(dv.shape)}" for (sk, sv), (dk, dv) in zip(src, dst)
-           if sv.shape != dv.shape]
-    if bad:
-        raise CheckpointError(f"efficientnet_lite0_pth: shapes differ at {len(bad)} positions, e.g. {bad[:3]}")
-    return MappedState({dk: sv for (_, sv), (dk, _) in zip(src, dst)}, covers="backbone.")
 
 
 def _describe(keys: List[str], limit: int = 8) -> str:
@@ -178,5 +133,3 @@ def state_fingerprint(model: nn.Module) -> Tuple[int, float]:
     sd = model.state_dict()
     return len(sd), float(sum(v.double().sum() for v in sd.values() if v.is_floating_point()))
 
-
-from vpr_core.models import formats  # noqa: E402,F401  (registers the seeds' checkpoint formats)

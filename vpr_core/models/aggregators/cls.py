@@ -1,13 +1,16 @@
-"""CLS-token descriptor for transformers (VisionTransformerVPR); CNN maps fall back to average pooling."""
+"""CLS-token descriptor for transformers (VisionTransformerVPR); a backbone without a class token (CNN) is refused."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from vpr_core.models.aggregators import AGGREGATORS
+from vpr_core.models.features import class_token
 
 
 class ClsToken(nn.Module):
+    """The backbone's class token as the global descriptor (no parameters)."""
+
     def __init__(self, in_dim: int, num_prefix_tokens: int) -> None:
         super().__init__()
         if num_prefix_tokens < 1:
@@ -15,9 +18,7 @@ class ClsToken(nn.Module):
         self.out_dim = in_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 3:
-            raise ValueError(f"'cls' aggregator expects tokens (B,N,C), got shape {tuple(x.shape)}")
-        return x[:, 0].float()
+        return class_token(x, who="'cls' aggregator").float()
 
 
 @AGGREGATORS.register("cls")

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vpr_core.models.aggregators import AGGREGATORS
+from vpr_core.models.features import column_map
 
 
 class GeM(nn.Module):
@@ -24,9 +25,7 @@ class GeM(nn.Module):
         self.out_dim = in_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 3:  # tokens -> treat patches as a 1-D map
-            x = x[:, self.prefix_tokens:].transpose(1, 2).unsqueeze(-1)
-        x = x.float()
+        x = column_map(x, self.prefix_tokens, who="gem").float()  # tokens: the patches as a one-column map
         if self.normalize:
             x = F.normalize(x, dim=1)
         x = x.clamp(min=self.eps).pow(self.p)

@@ -20,13 +20,12 @@ row_proj.*
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vpr_core.models.aggregators import AGGREGATORS
+from vpr_core.models.features import spatial_map
 
 
 class FeatureMixer(nn.Module):
@@ -65,26 +64,19 @@ class MixVPR(nn.Module):
         self.out_dim = int(out_channels) * int(out_rows)
 
     def _to_map(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 3:
-            tokens = x[:, self.prefix_tokens:]
-            n = tokens.shape[1]
-            side = math.isqrt(n)
-            if side * side != n:
-                raise ValueError(f"mixvpr: {n} patch tokens do not form a square grid, so the spatial layout "
-                                 f"cannot be inferred; use a square input image size or a CNN backbone")
-            if (side, side) != (self.in_h, self.in_w):
-                raise ValueError(f"mixvpr: the backbone gives a {side}x{side} token grid but the aggregator is "
+        """The backbone output as the (B, C, in_h, in_w) map the mixer was sized for (tokens: a square grid)."""
+        fmap = spatial_map(x, self.prefix_tokens, who="mixvpr")
+        h, w = fmap.shape[-2:]
+        if (h, w) != (self.in_h, self.in_w):
+            if x.ndim == 3:
+                raise ValueError(f"mixvpr: the backbone gives a {h}x{w} token grid but the aggregator is "
                                  f"configured for in_h x in_w = {self.in_h}x{self.in_w}; set model.aggregator.in_h/"
-                                 f"in_w to {side}, or change model.preprocess.image_size")
-            return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
-        if x.ndim != 4:
-            raise ValueError(f"mixvpr: expected a feature map (B,C,H,W) or tokens (B,N,C), got {tuple(x.shape)}")
-        if tuple(x.shape[-2:]) != (self.in_h, self.in_w):
-            raise ValueError(f"mixvpr: the backbone gives a {x.shape[-2]}x{x.shape[-1]} feature map but the "
+                                 f"in_w to {h}, or change model.preprocess.image_size")
+            raise ValueError(f"mixvpr: the backbone gives a {h}x{w} feature map but the "
                              f"aggregator is configured for in_h x in_w = {self.in_h}x{self.in_w}; set "
-                             f"model.aggregator.in_h: {x.shape[-2]} and in_w: {x.shape[-1]}, or change "
+                             f"model.aggregator.in_h: {h} and in_w: {w}, or change "
                              f"model.preprocess.image_size so the map is {self.in_h}x{self.in_w}")
-        return x
+        return fmap
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._to_map(x)

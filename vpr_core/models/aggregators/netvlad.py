@@ -35,20 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from vpr_core.models.aggregators import AGGREGATORS
+from vpr_core.models.features import column_map
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 NOT_INITIALISED = ("NetVLAD centres are not initialised: run `vpr-core cluster` or load a checkpoint "
                    "(a fresh NetVLAD layer cannot work from random centres)")
-
-
-def tokens_to_map(x: torch.Tensor, prefix_tokens: int) -> torch.Tensor:
-    """ViT tokens (B,N,C) -> patch tokens as a (B,C,N-prefix,1) map; CNN maps (B,C,H,W) pass through."""
-    if x.ndim == 3:
-        return x[:, prefix_tokens:].transpose(1, 2).unsqueeze(-1)
-    if x.ndim != 4:
-        raise ValueError(f"expected a feature map (B,C,H,W) or tokens (B,N,C), got shape {tuple(x.shape)}")
-    return x
 
 
 class NetVLAD(nn.Module):
@@ -150,7 +142,7 @@ class NetVLAD(nn.Module):
 
     def vlad(self, x: torch.Tensor) -> torch.Tensor:
         """Intra- and L2-normalised VLAD (B, K*C) before the optional reduction."""
-        x = tokens_to_map(x, self.prefix_tokens).float()
+        x = column_map(x, self.prefix_tokens, who="netvlad").float()  # (B,C,P,1) or (B,C,H,W)
         if self.normalize_input:
             x = F.normalize(x, dim=1)
         a = F.softmax(self.assignment_logits(x), dim=1).flatten(2)  # (B,K,P)

@@ -14,7 +14,7 @@ defaults to "relu" ("gelu" is available).
 parameters are frozen (requires_grad False); only the adapters train.
 
 Parameters live inside the timm blocks, `backbone.model.blocks.N.adapter1.{fc1,fc2}.*` and `adapter2`, so
-a DINOv2 checkpoint keeps its names (see `vpr_core.models.formats`: `dinov2_pretrain`, `selavpr`).
+a DINOv2 checkpoint keeps its names (see `vpr_core.models.formats`: dinov2_pretrain.py, selavpr.py).
 The output and token layout are those of the `dinov2` family.
 """
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Any timm model as a feature extractor: CNN feature maps (B,C,H,W) or ViT tokens (B,N,C).
 
-`TimmBackbone` is the base of every family in this package. Each backbone object offers:
+`TimmBackbone` is the base of every family in this package. Each backbone object offers (the contract,
+`Backbone` in vpr_core/models/features.py, with the helpers every consumer reads the output through):
   num_features        channels of a map / width of a token
   num_prefix_tokens   tokens before the patch tokens (class, distillation, register tokens); 0 for CNNs
   default_mean/std    the normalisation the network was trained with
@@ -9,7 +10,7 @@
   to_map(feats, hw)   the backbone output as a spatial map (B,C,h,w)
 
 Weights are never fetched here (`pretrained=False` always); they come from the local checkpoint
-named in the config, loaded by `vpr_core.models.weights` (key layouts in `vpr_core.models.formats`).
+named in the config, loaded by `vpr_core.models.weights` (key layouts: vpr_core/models/formats/).
 
 The `timm` family (the default) picks the family wrapper that fits the timm architecture: ViT / DeiT /
 CaiT -> `vit`, DINOv2 -> `dinov2`, PiT -> `pit`, XCiT -> `xcit`, VGG -> `vgg`, ResNet -> `resnet`; any other
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from vpr_core.models.backbones import BACKBONES
+from vpr_core.models.features import spatial_map
 
 
 def timm_module(name: str) -> str:
@@ -70,15 +72,10 @@ class TimmBackbone(nn.Module):
         return input_hw[0] // self.stride, input_hw[1] // self.stride
 
     def to_map(self, feats: torch.Tensor, input_hw: Tuple[int, int]) -> torch.Tensor:
-        """Backbone output as a spatial map (B,C,h,w): CNN maps pass through, ViT patch tokens are reshaped."""
-        if feats.ndim == 4:
-            return feats
-        tokens = feats[:, self.num_prefix_tokens:]
-        h, w = self.grid_hw(tuple(input_hw))
-        if h * w != tokens.shape[1]:
-            raise ValueError(f"{self.name}: {tokens.shape[1]} patch tokens do not form a {h}x{w} grid "
-                             f"for a {input_hw[0]}x{input_hw[1]} input")
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+        """Backbone output as a spatial map (B,C,h,w): CNN maps pass through, ViT patch tokens are reshaped
+        onto this backbone's grid for `input_hw` (the contract: vpr_core/models/features.py)."""
+        hw = (int(input_hw[0]), int(input_hw[1]))
+        return spatial_map(feats, self.num_prefix_tokens, self.grid_hw(hw), who=f"{self.name} ({hw[0]}x{hw[1]} input)")
 
 
 # timm source module -> our family (families register themselves in their own files)

@@ -1,14 +1,15 @@
 """Local heads: dense local features for re-ranking, one file per method.
 
-A local head is called as `head(features, backbone, input_hw)` with the backbone's raw output and
-returns a `LocalOutput` (descriptors, their positions in input pixels, optional weights).
+A local head is called as `head(features, backbone, input_hw)` with the backbone's raw output, reads it
+through `backbone.to_map` and the helpers of vpr_core/models/features.py (the backbone-output contract),
+and returns a `LocalOutput` (descriptors, their positions in input pixels, optional weights).
 
 Heads (config `model.local_head.name`), builders called as `builder(in_dim, **options)`:
 - `feature_map`: backbone feature-map cells (output, or an earlier stage by `stride`); no training.
 - `upconv`: SelaVPR's up-convolution local adaptation (dense (4h-3) x (4w-3) map of 128-D features).
 - `patch_tokens`: ViTGaL's patch embeddings reduced by an autoencoder's encoder, weighted by the class
   attention of its scorer (`attention: false`: autoencoder only).
-Parameter names follow the seeds' checkpoints (vpr_core/models/formats.py).
+Parameter names follow the seeds' checkpoints (vpr_core/models/formats/, one file per seed).
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.module import register_module_module_registration_hook
 
+from vpr_core.models.features import local_features
 from vpr_core.models.local import LOCAL_HEADS, LocalOutput, grid_xy
 
 
@@ -136,7 +137,7 @@ class FeatureMapHead(nn.Module):
         b, c, h, w = fmap.shape
         if c != self.in_dim:
             raise ValueError(f"feature_map local head was built for {self.in_dim} channels, the backbone gives {c}")
-        desc = fmap.flatten(2).transpose(1, 2)  # (B, h*w, C)
+        desc = local_features(fmap)  # (B, h*w, C)
         weight = desc.norm(dim=-1)
         if self.normalize:
             desc = F.normalize(desc, dim=-1)

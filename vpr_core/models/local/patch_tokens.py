@@ -11,7 +11,7 @@ trained on top of the frozen retrieval backbone, does two things with them:
   highest attention as keypoints (per head divided by its maximum, then averaged over heads).
 Here that head-averaged attention is `LocalOutput.weight`, so `model.max_local_features` keeps the
 strongest patches. (ViTGaL also thresholds it, runs several scales and applies NMS; one scale and a
-top-k cap here.) Parameter names follow ViTGaL's checkpoint, see vpr_core/models/formats.py `vitgal`;
+top-k cap here.) Parameter names follow ViTGaL's checkpoint, see vpr_core/models/formats/vitgal.py;
 the blocks are timm's XCiT `ClassAttentionBlock` (separate q, k, v; the key map splits ViTGaL's fused qkv).
 
 With `attention: false` the head is the autoencoder only (no class token, blocks or norm; a ViTGaL
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from timm.models.xcit import ClassAttentionBlock
 from torch import nn
 
+from vpr_core.models.features import local_features
 from vpr_core.models.local import LOCAL_HEADS, LocalOutput, grid_xy
 
 
@@ -67,7 +68,7 @@ class PatchTokenHead(nn.Module):
             raise ValueError(f"patch_tokens local head was built for {self.in_dim}-D tokens, "
                              f"the backbone gives {fmap.shape[1]}-D")
         b, c, h, w = fmap.shape
-        return fmap.flatten(2).transpose(1, 2), (h, w)  # (B, h*w, C)
+        return local_features(fmap), (h, w)  # (B, h*w, C)
 
     def reduce(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, C) patch tokens -> (B, N, dim) local descriptors (not normalised)."""

@@ -6,7 +6,7 @@ As published (Lu et al., ICLR 2024): `upconv1` = ConvTranspose2d(1024 -> 256, ke
 padding 1), ReLU, `upconv2` = ConvTranspose2d(256 -> 128, same geometry), no output padding, so each
 layer maps n -> 2n - 1: the 16x16 patch grid of a 224x224 input becomes 31x31, then 61x61 (SelaVPR's
 `dense_feature_map_size` 61x61x128). The layer names match the checkpoint (`LocalAdapt.upconv{1,2}` ->
-`local_head.upconv{1,2}`, see vpr_core/models/formats.py `selavpr`).
+`local_head.upconv{1,2}`, see vpr_core/models/formats/selavpr.py).
 
 Positions: with kernel 3, stride 2, padding 1, output cell o is centred on input cell o / 2 (the centre
 tap), so after both layers output cell o sits on patch-grid coordinate o / 4, i.e. at pixel
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vpr_core.models.features import local_features
 from vpr_core.models.local import LOCAL_HEADS, LocalOutput
 
 UPSAMPLE = 2  # each up-convolution: n -> 2n - 1 cells, half the spacing
@@ -67,7 +68,7 @@ class UpConvHead(nn.Module):
         grid_hw = tuple(fmap.shape[-2:])
         out = self.dense(fmap.to(self.upconv1.weight.dtype)).float()
         b, c, h, w = out.shape
-        desc = out.flatten(2).transpose(1, 2)  # (B, h*w, dim)
+        desc = local_features(out)  # (B, h*w, dim)
         weight = desc.norm(dim=-1)
         xy = upconv_xy(h, w, grid_hw, input_hw, device=desc.device).unsqueeze(0).expand(b, -1, -1)
         return LocalOutput(F.normalize(desc, dim=-1), xy, weight)

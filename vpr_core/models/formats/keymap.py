@@ -1,4 +1,4 @@
-"""Published checkpoint layouts of the seeds, as declarative, invertible key maps.
+"""The key-map engine: a seed's checkpoint layout as a declarative, invertible map onto our keys.
 
 Each format is a `KeyMap`: an ordered list of rules between a *seed* key (as the seed's code saves it)
 and *our* key (`VPRModel.state_dict()`), plus the seed keys we drop and the container the seed writes.
@@ -12,7 +12,8 @@ The first rule that matches a key wins, in both directions.
 A seed key no rule maps is kept under its own name, so the strict loader reports it as unexpected
 (next to the model key it failed to fill, reported as missing); shapes are checked there too.
 
-Formats: dinov2_pretrain, selavpr, vitgal, xcit, netvlad_pth_tar, timm_vit (see each KEYMAP below).
+`register(KeyMap(...))` makes a key map a checkpoint format (`CHECKPOINT_FORMATS`) and lists it in
+`KEYMAPS`; the seeds' key maps live one per file beside this one (see the package docstring).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from vpr_core.models.weights import CHECKPOINT_FORMATS, CheckpointError, MappedState, unwrap_state_dict
+from vpr_core.models.formats.base import CHECKPOINT_FORMATS, CheckpointError, MappedState, unwrap_state_dict
 
 State = Dict[str, torch.Tensor]
 
@@ -57,9 +58,11 @@ class Template:
 
     @property
     def kinds(self) -> Dict[str, str]:
+        """Declared field kinds ({'i': 'int', ...}); the partner template inherits them."""
         return {name: kind for name, (kind, _) in self.fields.items() if kind}
 
     def match(self, key: str) -> Optional[Dict[str, str]]:
+        """Field values of `key` (offsets undone), or None when the key does not fit the template."""
         m = self.regex.fullmatch(key)
         if m is None:
             return None
@@ -75,6 +78,7 @@ class Template:
         return values
 
     def format(self, values: Mapping[str, str]) -> str:
+        """The key these field values spell (offsets applied): `match`'s inverse."""
         def sub(m: "re.Match[str]") -> str:
             offset = int(m.group(3) or 0)
             value = values[m.group(1)]
@@ -144,6 +148,7 @@ Rule = Union[Rename, Split]
 
 @dataclass(frozen=True)
 class KeyMap:
+    """One seed's checkpoint layout: rules, drops and container, read seed -> ours and ours -> seed."""
     name: str
     rules: Tuple[Rule, ...]
     covers: str = ""  # our key prefix the checkpoint must fill completely ("" = whole model)
@@ -160,6 +165,8 @@ class KeyMap:
     # ---- seed -> ours ----
     def to_ours(self, seed_state: Mapping[str, torch.Tensor],
                 model_state: Optional[Mapping[str, torch.Tensor]] = None) -> State:
+        """A seed state in our key names; with `model_state`, seed scalars take our shapes and the
+        keep / fill / optional rules apply (what `load_weights` needs)."""
         state = self._canonical(seed_state)
         if self.pre_ours is not None:
             state = self.pre_ours(state)
@@ -210,6 +217,7 @@ class KeyMap:
         return out
 
     def _canonical(self, seed_state: Mapping[str, torch.Tensor]) -> State:
+        """Seed keys with every alias spelling rewritten to the canonical one (a key twice is refused)."""
         aliases = [(alt, canon) for alt, (canon,) in (_pair(a, b) for a, b in self.aliases)]
         out: State = {}
         for key, value in seed_state.items():
@@ -265,6 +273,9 @@ class KeyMap:
         return self.container(self.to_seed(our_state))
 
 
+# our key prefix of the timm model inside every backbone (`VPRModel.backbone.model`)
+BACKBONE_MODEL = "backbone.model."
+
 KEYMAPS: Dict[str, KeyMap] = {}
 
 
@@ -281,7 +292,7 @@ def register(keymap: KeyMap) -> KeyMap:
     return keymap
 
 
-def _module_prefixed(container_key: Optional[str], **extra: Any) -> Callable[[State], Any]:
+def module_prefixed(container_key: Optional[str], **extra: Any) -> Callable[[State], Any]:
     """A DataParallel model saved as {container_key: {'module.<key>': ...}, **extra}."""
     def pack(state: State) -> Any:
         wrapped = {f"module.{k}": v for k, v in state.items()}
@@ -289,203 +300,13 @@ def _module_prefixed(container_key: Optional[str], **extra: Any) -> Callable[[St
     return pack
 
 
-# ---- DINOv2 (facebookresearch/dinov2 `dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth`) -> timm names --------
-
-def _swiglu(state: Mapping[str, torch.Tensor]) -> bool:
-    """ViT-g/14 uses a fused SwiGLU MLP: its first layer is twice as wide as the second one's input."""
-    for key, value in state.items():
-        if key.endswith("blocks.0.mlp.fc1.weight"):
-            fc2 = state.get(key[:-len("fc1.weight")] + "fc2.weight")
-            return fc2 is not None and value.shape[0] == 2 * fc2.shape[1]
-    return False
-
-
-def _dinov2_rules(seed: str, ours: str) -> Tuple[Rule, ...]:
-    """DINOv2 reference names under `seed` -> timm VisionTransformer names under `ours`."""
-    return (
-        Rename(seed + "cls_token", ours + "cls_token"),
-        Rename(seed + "register_tokens", ours + "reg_token"),
-        Rename(seed + "pos_embed", ours + "pos_embed"),
-        Rename(seed + "patch_embed.proj.{p}", ours + "patch_embed.proj.{p}"),
-        # ViT-g: SwiGLUFFNFused(w12 = [gate; value] packed, w3) == timm GluMlp(fc1 packed the same way, fc2)
-        Rename(seed + "blocks.{i:int}.mlp.w12.{p}", ours + "blocks.{i}.mlp.fc1.{p}", seed_when=_swiglu),
-        Rename(seed + "blocks.{i:int}.mlp.w3.{p}", ours + "blocks.{i}.mlp.fc2.{p}", seed_when=_swiglu),
-        # norm1, attn.qkv, attn.proj, ls1.gamma, norm2, mlp.fc1/fc2, ls2.gamma: the same names in timm
-        Rename(seed + "blocks.{i:int}.{rest:path}", ours + "blocks.{i}.{rest}"),
-        Rename(seed + "norm.{p}", ours + "norm.{p}"),
-    )
-
-
-def _dinov2_registers(seed: str) -> Tuple[Callable[[State], State], Callable[[State], State]]:
-    """DINOv2-with-registers adds the class token's position embedding to it and keeps the patch grid
-    in `pos_embed` (timm's `no_embed_class` layout); writing back puts a zero class position first."""
-    cls, pos, reg = seed + "cls_token", seed + "pos_embed", seed + "register_tokens"
-
-    def to_ours(state: State) -> State:
-        if reg not in state or cls not in state or pos not in state:
-            return state
-        state = dict(state)
-        state[cls] = state[cls] + state[pos][:, :1]
-        state[pos] = state[pos][:, 1:]
-        return state
-
-    def to_seed(state: State) -> State:
-        if reg not in state or pos not in state:
-            return state
-        state = dict(state)
-        state[pos] = torch.cat([torch.zeros_like(state[pos][:, :1]), state[pos]], dim=1)
-        return state
-    return to_ours, to_seed
-
-
-def _mask_token(prefix: str, key: str) -> Callable[[Mapping[str, torch.Tensor]], State]:
-    """DINOv2's iBOT mask token (1, C): training only."""
-    def example(state: Mapping[str, torch.Tensor]) -> State:
-        width = state[prefix + "cls_token"].shape[-1]
-        return {key: torch.zeros(1, width)}
-    return example
-
-
-_BB = "backbone.model."
-_pre, _post = _dinov2_registers("")
-DINOV2_PRETRAIN = register(KeyMap(
-    name="dinov2_pretrain",
-    doc="facebookresearch/dinov2 `dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth` (bare state dict) -> the timm "
-        "`vit_*_patch14[_reg4]_dinov2` backbone of families dinov2 / dinov2_adapter (adapters keep their "
-        "fresh values). Covers the backbone only.",
-    rules=_dinov2_rules("", _BB),
-    covers="backbone.",
-    drops=(Drop("mask_token", "iBOT masked-image-modelling token, training only", _mask_token(_BB, "mask_token")),),
-    # FSDP-chunked layout (block_chunks > 0) spells blocks as blocks.<chunk>.<index>
-    aliases=(("blocks.{c:int}.{i:int}.{rest:path}", "blocks.{i}.{rest}"),),
-    keep_model=(_BB + "blocks.{i:int}.adapter{n:int}.{rest:path}",),
-    pre_ours=_pre, post_seed=_post,
-))
-
-# ---- SelaVPR (Lu-Feng/SelaVPR `SelaVPR_msls.pth`, `SelaVPR_pitts30k.pth`) ---------------------------------
-# Layout read from the published training code (network.GeoLocalizationNet wrapped in DataParallel,
-# saved as {"model_state_dict": ..., "epoch_num", "optimizer_state_dict", "best_r5", "not_improved_num"}):
-#   module.backbone.<DINOv2 ViT-L/14 names, block_chunks=0>     (incl. mask_token, unused)
-#   module.backbone.blocks.N.adapter{1,2}.D_fc{1,2}.{weight,bias}   (adapters, hidden = 0.5 * dim)
-#   module.aggregation.1.p    (1,)  GeM exponent (aggregation = L2Norm, GeM, Flatten)
-#   module.LocalAdapt.upconv{1,2}.{weight,bias}   (ConvTranspose2d 1024->256->128, the local head)
-# The released .pth files themselves could not be opened here (no downloads): the names come from the
-# code, not from the files; a mismatch is reported key by key on load.
-_pre, _post = _dinov2_registers("backbone.")
-SELAVPR = register(KeyMap(
-    name="selavpr",
-    doc="SelaVPR fine-tuned checkpoint -> dinov2_adapter backbone + GeM aggregator (aggregator.p) + local head "
-        "(local_head.upconv1/upconv2). Covers the whole model; the local head is skipped when the model has none.",
-    rules=(
-        Rename("backbone.blocks.{i:int}.adapter{n:int}.D_fc{j:int}.{p}", _BB + "blocks.{i}.adapter{n}.fc{j}.{p}"),
-        *_dinov2_rules("backbone.", _BB),
-        Rename("aggregation.1.p", "aggregator.p", seed_shape=(1,)),
-        Rename("LocalAdapt.{rest:path}", "local_head.{rest}"),
-    ),
-    drops=(Drop("backbone.mask_token", "DINOv2 iBOT mask token, training only",
-                _mask_token(_BB, "backbone.mask_token")),),
-    optional=("local_head.",),
-    pre_ours=_pre, post_seed=_post,
-    container=_module_prefixed("model_state_dict", epoch_num=1, best_r5=0.0, not_improved_num=0),
-))
-
-# ---- XCiT (facebookresearch/xcit ImageNet `xcit_small_12_p16_224.pth` ...) and ViTGaL ----------------------
-
-def _qkv(seed: str, ours: str) -> Split:
-    """The reference class attention has a fused qkv projection; timm's has separate q, k, v."""
-    return Split(seed + "cls_attn_blocks.{i:int}.attn.qkv.{p}",
-                 tuple(ours + "cls_attn_blocks.{i}.attn." + part + ".{p}" for part in "qkv"))
-
-
-XCIT = register(KeyMap(
-    name="xcit",
-    doc="facebookresearch/xcit ImageNet checkpoint ({'model': ...}) -> the timm XCiT backbone (family xcit). "
-        "Covers the backbone only; the classifier is dropped.",
-    rules=(
-        _qkv("", _BB),
-        Rename("pos_embeder.{rest:path}", _BB + "pos_embed.{rest}"),
-        Rename("{rest:path}", _BB + "{rest}"),
-    ),
-    covers="backbone.",
-    drops=(Drop("head.{p}", "ImageNet classifier"),),
-    container=lambda state: {"model": state},
-))
-
-# ViTGaL (PXThanhLam/ViTGaL `model_checkpoint/xcit_retrievalv2_small_{12,24}_p16_reduction_ae/checkpoint.pth`),
-# layout read from its published code: {'model': XCiTRetrievalLocalReductionAE.state_dict(), 'optimizer',
-# 'lr_scheduler', 'epoch', 'args'}:
-#   retrieval_back_bone.<XCiT names, pos_embeder, one CA block, local_atrous.*>   -> our vitgal backbone
-#   whitening_layer (C -> 128, the local-descriptor reduction), ae_decoder_layer (128 -> C), cls_token,
-#   cls_attn_blocks.0 (its attention over the decoded patches scores keypoints), norm -> our local head
-#   head.* (training classifier; ViTGaL's own loader deletes it)                   -> dropped
-VITGAL = register(KeyMap(
-    name="vitgal",
-    doc="ViTGaL XCiT + autoencoder checkpoint -> vitgal backbone (+ cls aggregator, no parameters) + local head "
-        "(local_head.whitening_layer / ae_decoder_layer / cls_token / cls_attn_blocks.N with q,k,v / norm). "
-        "Covers the whole model; the local head (or its attention scorer) is skipped when the model has none.",
-    rules=(
-        _qkv("retrieval_back_bone.", _BB),
-        Rename("retrieval_back_bone.pos_embeder.{rest:path}", _BB + "pos_embed.{rest}"),
-        Rename("retrieval_back_bone.{rest:path}", _BB + "{rest}"),
-        _qkv("", "local_head."),
-        Rename("cls_attn_blocks.{rest:path}", "local_head.cls_attn_blocks.{rest}"),
-        Rename("whitening_layer.{p}", "local_head.whitening_layer.{p}"),
-        Rename("ae_decoder_layer.{p}", "local_head.ae_decoder_layer.{p}"),
-        Rename("cls_token", "local_head.cls_token"),
-        Rename("norm.{p}", "local_head.norm.{p}"),
-    ),
-    drops=(Drop("head.{p}", "autoencoder training classifier"),
-           Drop("retrieval_back_bone.head.{p}", "ArcFace training classifier")),
-    # no local head: all of it skipped; a patch_tokens head built with `attention: false`: the scorer skipped
-    optional=("local_head.", "local_head.cls_token", "local_head.cls_attn_blocks.", "local_head.norm."),
-    container=lambda state: {"model": state, "epoch": 0},
-))
-
-# ---- NetVLAD / ClusVPR (OpenIBL-style `.pth.tar`) ----------------------------------------------------------
-# OpenIBL (and ClusVPR, built on it) save {'state_dict': DataParallel(EmbedNet).state_dict(), 'epoch',
-# 'best_recall5'}; EmbedNet = base_model (VGG16 `base` = torchvision features[:-2], conv5_3 before ReLU)
-# + net_vlad (NetVLAD: centroids (K, C), conv.weight (K, C, 1, 1), no bias; ClusVPR's published layer adds
-# linear1, GeM_pool.p and a vit_layer transformer). Every net_vlad tensor goes to `aggregator.` under its own
-# name, which is our `netvlad` aggregator's name for centroids / conv.* / attention.* / reduction.*; tensors
-# it does not have (ClusVPR's linear1, GeM_pool, vit_layer) are reported by name on load. Centres from a
-# checkpoint count as initialised (`aggregator.initialised`).
-NETVLAD_PTH_TAR = register(KeyMap(
-    name="netvlad_pth_tar",
-    doc="OpenIBL / ClusVPR NetVLAD checkpoint -> vgg backbone (features.0..28) + netvlad aggregator (same names "
-        "under aggregator.). Covers the whole model.",
-    rules=(
-        Rename("base_model.base.{i:int}.{p}", _BB + "features.{i}.{p}"),
-        Rename("net_vlad.{rest:path}", "aggregator.{rest}"),
-    ),
-    aliases=(("base_model.features.{i:int}.{p}", "base_model.base.{i}.{p}"),),
-    fill=(("aggregator.initialised", lambda: torch.tensor(True)),),
-    container=_module_prefixed("state_dict", epoch=0, best_recall5=0.0),
-))
-
-# ---- timm-layout ViTs (DeiT / CaiT official files, timm files, VisionTransformerVPR's backbones) ------------
-# DeiT and CaiT official checkpoints ({'model': ...}) use timm's names; VisionTransformerVPR's own ViT uses
-# them too (cls_token, dist_token, pos_embed, patch_embed.proj, blocks.N..., norm, head/head_dist). PiT's
-# official files (naver-ai/pit) keep the poolings apart: pools.N.* = timm transformers.(N+1).pool.*.
-TIMM_VIT = register(KeyMap(
-    name="timm_vit",
-    doc="timm-layout ViT / DeiT / CaiT / PiT state dict (bare, {'model': ...} or 'model.'-prefixed) -> "
-        "backbone.model.*; classifier heads are dropped. Covers the backbone only.",
-    rules=(
-        Rename("pools.{i:int}.{rest:path}", _BB + "transformers.{i+1}.pool.{rest}"),
-        Rename("{rest:path}", _BB + "{rest}"),
-    ),
-    covers="backbone.",
-    drops=(Drop("head.{rest:path}", "classifier"), Drop("head_dist.{rest:path}", "distillation classifier")),
-    aliases=(("model.{rest:path}", "{rest}"),),
-    container=lambda state: {"model": state},
-))
-
-
 def keymap(name: str) -> KeyMap:
+    """The registered key map `name` (for tests and exports that write a seed's layout)."""
     try:
         return KEYMAPS[name]
     except KeyError:
         raise KeyError(f"no key map '{name}'; known: {', '.join(sorted(KEYMAPS))}") from None
 
 
-__all__ = ["KEYMAPS", "KeyMap", "Rename", "Split", "Drop", "Template", "keymap", "register"]
+__all__ = ["BACKBONE_MODEL", "KEYMAPS", "Drop", "KeyMap", "Rename", "Rule", "Split", "State", "Template", "keymap",
+           "module_prefixed", "register"]
