@@ -52,8 +52,12 @@ class VPRModel(nn.Module):
 
     def forward_all(self, x: torch.Tensor) -> ModelOutput:
         """Global descriptor and, when the model has a local head, local features from one pass."""
-        feats = self.backbone(x)
-        local = self.local_head(feats, self.backbone, tuple(x.shape[-2:])) if self.local_head is not None else None
+        return self.from_features(self.backbone(x), tuple(x.shape[-2:]))
+
+    def from_features(self, feats: torch.Tensor, input_hw: tuple[int, int]) -> ModelOutput:
+        """`forward_all` after the backbone: `feats` is its output for images of size `input_hw`
+        (the trainer's cached backbone features)."""
+        local = self.local_head(feats, self.backbone, tuple(input_hw)) if self.local_head is not None else None
         return ModelOutput(self._global(feats), local)
 
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -137,17 +137,37 @@ class HeadOnFeatures(torch.nn.Module):
         return self.model._global(feats)
 
 
+class GlobalAndLocal(torch.nn.Module):
+    """The model's global descriptors (B, D) and dense local descriptors (B, N, C), with gradients, from
+    images (`forward_all`) or, when `input_hw` is given, from cached backbone outputs of images that size."""
+
+    def __init__(self, model: torch.nn.Module, input_hw: Optional[Tuple[int, int]] = None) -> None:
+        super().__init__()
+        self.model, self.input_hw = model, input_hw
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.forward_all(x) if self.input_hw is None else self.model.from_features(x, self.input_hw)
+        return out.global_desc, out.local.desc
+
+
 class Encoder:
     """Global descriptors of image paths with gradients for training: from cached backbone features
     when a cache is set (frozen backbone), else from images through the whole model. `net` is what
-    is called (the trainer may wrap it for DDP or torch.compile); `describe` uses the plain module."""
+    is called (the trainer may wrap it for DDP or torch.compile); `describe` uses the plain module.
+    With `local` (a model with a local head), calls return (global, dense local descriptors)."""
 
-    def __init__(self, extractor: DescriptorExtractor, cache: Optional[FeatureCache] = None) -> None:
+    def __init__(self, extractor: DescriptorExtractor, cache: Optional[FeatureCache] = None,
+                 local: bool = False) -> None:
         self.extractor = extractor
         self.cache = cache
         self.device = extractor.device
         self.plain: torch.nn.Module = HeadOnFeatures(extractor.model) if cache is not None else extractor.model
         self.net: torch.nn.Module = self.plain
+        if local:
+            if extractor.model.local_head is None:
+                raise ValueError("local descriptors were asked for, but the model has no local head")
+            hw = (extractor.preprocess.height, extractor.preprocess.width) if cache is not None else None
+            self.net = GlobalAndLocal(extractor.model, hw)
         self.images_seen = 0
 
     @property
@@ -160,7 +180,7 @@ class Encoder:
             return self.cache.features(paths).to(self.device)
         return self.extractor.preprocess(load_images(paths)).to(self.device)
 
-    def __call__(self, paths: Sequence[Path]) -> torch.Tensor:
+    def __call__(self, paths: Sequence[Path]) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         self.images_seen += len(paths)
         return self.net(self.inputs(paths))
 

@@ -1,5 +1,5 @@
 """Metric-learning losses on unit-norm descriptors, by name: the ranking losses of the seeds
-(triplet margin, multi-similarity), the pair loss of DINOVPR, and the classification loss."""
+(triplet margin, multi-similarity), the pair loss of DINOVPR, and SelaVPR's local triplet loss."""
 from __future__ import annotations
 
 from typing import Callable
@@ -52,3 +52,33 @@ def bce_pair_loss(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, scale:
     """Pairs as a binary decision on the cosine: sigmoid(scale * (cos - shift)) = P(same place)."""
     cos = (a * b).sum(-1)
     return F.binary_cross_entropy_with_logits(scale * (cos - shift), labels.to(cos.dtype))
+
+
+def mutual_nn_similarity(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cosine over the mutual-nearest-neighbour matches of a and b, number of matches), SelaVPR's
+    local similarity: a (..., N, C) and b (..., M, C) unit-norm local descriptors, broadcast over `...`.
+
+    The matches are chosen without gradient (argmax both ways); the gradient flows through the cosines
+    of the matched pairs. A similarity matrix always holds a mutual pair (its largest entry), so the
+    mean has at least one term (a clamp guards exact ties). Computed in float32 also under autocast:
+    bf16 cosines near 1 tie often, and ties change the matches."""
+    with torch.autocast(a.device.type, enabled=False):
+        sim = a.float() @ b.float().transpose(-1, -2)  # (..., N, M)
+    with torch.no_grad():
+        s = sim.detach()
+        a_to_b = s.argmax(-1)  # (..., N)
+        b_to_a = s.argmax(-2)  # (..., M)
+        back = torch.gather(b_to_a, -1, a_to_b)
+        mutual = back == torch.arange(sim.shape[-2], device=sim.device)
+        count = mutual.sum(-1)
+    matched = torch.gather(sim, -1, a_to_b.unsqueeze(-1)).squeeze(-1)  # (..., N) cosine to the nearest in b
+    return (matched * mutual).sum(-1) / count.clamp(min=1), count
+
+
+def local_triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
+                       margin: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, match counts (B, 1 + M)): mean over (anchor, negative) of max(0, s(a, n) - s(a, p) + margin),
+    s = `mutual_nn_similarity`; anchor, positive (B, N, C), negatives (B, M, N, C) dense local descriptors."""
+    others = torch.cat([positive.unsqueeze(1), negatives], 1)  # (B, 1 + M, N, C)
+    s, count = mutual_nn_similarity(anchor.unsqueeze(1), others)  # (B, 1 + M)
+    return F.relu(s[:, 1:] - s[:, :1] + margin).mean(), count

@@ -80,10 +80,12 @@ class Trainer:
             raise ConfigError(f"scheme '{name}': {exc}") from None
         if self.scheme.needs_gradients and not self.params():
             raise SchemeError(f"trainable {cfg.trainable} holds no parameter to optimise for scheme '{name}'")
-        frozen_backbone = not any(p.startswith("backbone") for p in cfg.trainable)
+        # by parameter, not by entry: a glob such as '*adapter*' trains parts inside the backbone too
+        frozen_backbone = not any(p.requires_grad for p in self.model.backbone.parameters())
         use_cache = cfg.cache_features == "true" or (cfg.cache_features == "auto" and frozen_backbone)
         if use_cache and not frozen_backbone:
-            raise ConfigError("cache_features: true needs a frozen backbone (no 'backbone' prefix in trainable)")
+            raise ConfigError("cache_features: true needs a frozen backbone (no trainable entry may name a "
+                              "backbone parameter)")
         self.extractor = DescriptorExtractor(self.model_cfg.model, self.model)
         self.device = self.extractor.device
         for m in self.scheme.modules().values():
@@ -94,7 +96,7 @@ class Trainer:
             self._cluster_init()
         cache = FeatureCache.build(self.extractor, list(dict.fromkeys(self.scheme.image_paths())),
                                    Path(cfg.cache_dir), progress=cfg.progress) if use_cache else None
-        self.encoder = Encoder(self.extractor, cache)
+        self.encoder = Encoder(self.extractor, cache, local=self.scheme.needs_local)
         self.scheme.attach(self.encoder)
         self.amp = self.device.type == "cuda" and cfg.amp in ("auto", "true")
         if cfg.compile:

@@ -32,6 +32,7 @@ class SchemeContext:
 class Scheme:
     """Base: subclasses list their options as keyword arguments (a typo is an unknown-option error)."""
     needs_gradients = True  # False: `fit` replaces the epoch loop (e.g. whitening)
+    needs_local = False  # True: the encoder returns (global, dense local descriptors) (adapters)
     select_metric = "R@1"  # validation metric the best checkpoint maximises
 
     def __init__(self, ctx: SchemeContext) -> None:
@@ -101,4 +102,4 @@ def chunk(order: np.ndarray, batch_size: int, steps: int = 0) -> List[np.ndarray
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size) if len(order[i:i + batch_size]) > 1]
 
 
-from vpr_core.training.schemes import classification, pairs, ranking, whitening  # noqa: E402,F401
+from vpr_core.training.schemes import adapters, classification, pairs, ranking, whitening  # noqa: E402,F401

@@ -81,19 +81,25 @@ class RankingScheme(Scheme):
         return np.asarray([rng.choice(self.positives[r]) for r in rows])
 
     # ---- loss --------------------------------------------------------------------------------------
-    def loss(self, batch: np.ndarray, step: int) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def images(self, batch: np.ndarray, step: int) -> np.ndarray:
+        """Table indices a batch reads: its anchors, their positives, then (cache mining) each anchor's
+        `negatives` negatives, row-major; the same for a (seed, step) on every run."""
         rng = np.random.default_rng([self.cfg.seed, step, 7])
-        t = self.table
-        anchors = t.anchors[batch]
+        anchors = self.table.anchors[batch]
         if self.mining == "cache":
             pos, neg = self._mine(batch, rng)
-            idx = np.concatenate([anchors, pos, neg.ravel()])
-        else:
-            pos, neg = self._in_batch(batch, rng), None
-            idx = np.concatenate([anchors, pos])
-        desc = self.encoder([t.paths[i] for i in idx]).float()
-        b = len(anchors)
-        if self.loss_name == "triplet" and neg is not None:
+            return np.concatenate([anchors, pos, neg.ravel()])
+        return np.concatenate([anchors, self._in_batch(batch, rng)])
+
+    def loss(self, batch: np.ndarray, step: int) -> Tuple[torch.Tensor, Dict[str, float]]:
+        idx = self.images(batch, step)
+        desc = self.encoder([self.table.paths[i] for i in idx]).float()
+        return self.ranking_loss(desc, idx, len(batch))
+
+    def ranking_loss(self, desc: torch.Tensor, idx: np.ndarray, b: int) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """The configured loss on the descriptors (len(idx), D) of `images`' indices for `b` anchors."""
+        t = self.table
+        if self.loss_name == "triplet" and self.mining == "cache":
             loss = triplet_margin_loss(desc[:b], desc[b:2 * b], desc[2 * b:].reshape(b, self.negatives, -1), self.margin)
         else:
             dist = t.distances(idx, idx)
