@@ -288,13 +288,18 @@ def write_params_file(cfg: Config, path: Union[str, Path]) -> Path:
     return path
 
 
-def _prune_empty(d: Mapping[str, Any]) -> Dict[str, Any]:
+def _prune_empty(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
     """ROS 2's params-file parser mis-nests the keys after an empty mapping (`head: {}`) and reads an
-    empty list as unset; absent means the same to vpr_core, so leave empty sections and lists out."""
+    empty list as unset; absent means the same to vpr_core, so leave empty sections and lists out.
+    A component option set to [] would silently become its default: refused instead."""
     out = {}
     for k, v in d.items():
+        key = f"{prefix}{k}"
         if isinstance(v, Mapping):
-            v = _prune_empty(v)
+            v = _prune_empty(v, key + ".")
+        if v == [] and key.startswith(FREEFORM_PREFIXES):
+            raise ConfigError(f"'{key}: []' cannot be written to a ROS 2 parameters file (ROS reads an empty list as "
+                              f"unset, so the component would get its default); choose a non-empty value")
         if v == {} or v == []:
             continue
         out[k] = v

@@ -102,8 +102,9 @@ class Trainer:
         if cfg.compile:
             self.encoder.net = torch.compile(self.encoder.net)
         self.encoder.net = self.dist.wrap(self.encoder.net, self.device)
-        self.optimizer = self._optimizer()
+        self.optimizer = self._optimizer() if self.scheme.needs_gradients else None
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.epoch_losses: List[float] = []
         self.best: Dict[str, float] = {}
         self.best_epoch = -1
         self.history: List[Dict[str, float]] = []
@@ -176,8 +177,8 @@ class Trainer:
     # ---- checkpoints -----------------------------------------------------------------------------
     def _state(self) -> Dict[str, Any]:
         return {"model": self.model.state_dict(), "modules": {k: m.state_dict() for k, m in self.scheme.modules().items()},
-                "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                "global_step": self.global_step, "best": self.best, "best_epoch": self.best_epoch,
+                "optimizer": self.optimizer.state_dict() if self.optimizer else None, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "global_step": self.global_step, "epoch_losses": list(self.epoch_losses), "best": self.best, "best_epoch": self.best_epoch,
                 "history": self.history, "produced": self.produced, "rng": rng_state(),
                 "scheme": self.scheme.state_dict(), "config": self.cfg.to_dict()}
 
@@ -189,10 +190,12 @@ class Trainer:
         self.model.load_state_dict(s["model"])
         for k, m in self.scheme.modules().items():
             m.load_state_dict(s["modules"][k])
-        self.optimizer.load_state_dict(s["optimizer"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(s["optimizer"])
         self.epoch, self.step_in_epoch, self.global_step = s["epoch"], s["step_in_epoch"], s["global_step"]
         self.best, self.best_epoch, self.history = s["best"], s["best_epoch"], s["history"]
         self.produced = s.get("produced", {})
+        self.epoch_losses = list(s.get("epoch_losses", []))
         self.scheme.load_state_dict(s["scheme"])
         set_rng_state(s["rng"])
         log.info("resumed %s at epoch %d step %d", path, self.epoch, self.step_in_epoch)
@@ -279,7 +282,8 @@ class Trainer:
         cfg = self.cfg
         batches = self.scheme.batches(self.epoch)
         self._train_mode()
-        t0, seen0, losses = time.perf_counter(), self.encoder.images_seen, []
+        t0, seen0 = time.perf_counter(), self.encoder.images_seen
+        losses = self.epoch_losses  # kept in the checkpoint: a resumed epoch reports its whole mean
         bar = tqdm(total=len(batches), initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    unit="step", disable=not (cfg.progress and self.dist.is_main))
         while self.step_in_epoch < len(batches):
@@ -308,6 +312,7 @@ class Trainer:
             bar.update(1)
         bar.close()
         dt = time.perf_counter() - t0
+        self.epoch_losses = []
         return {"epoch": self.epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
                 "lr": self.optimizer.param_groups[0]["lr"], "time_s": dt,
                 "images_per_s": (self.encoder.images_seen - seen0) / max(dt, 1e-9),
