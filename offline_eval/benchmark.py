@@ -41,6 +41,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--stride", type=int, default=1, help="use every N-th query")
     ap.add_argument("--head", type=int, metavar="N",
                     help="only the first N database images and the queries that match them (a shorter route)")
+    ap.add_argument("--segment", metavar="START:STOP",
+                    help="only database images [START, STOP) of a route and the queries that match them "
+                         "(Nordland's test stretch: 2700:3576; the split the trained models never saw)")
     ap.add_argument("--tolerance", type=int, default=2, help="frames of slack for frame-synchronised ground truth")
     ap.add_argument("--zoo", nargs="+", type=Path, metavar="CONFIG",
                     help="compare model configs instead (descriptor size, images/s at batch 1 and 16, Recall@1/5, "
@@ -54,14 +57,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         cfg = load_config(args.config, parse_overrides(args.set))
         ds = load_dataset(args.dataset, args.tolerance)
+        if args.segment:
+            start, _, stop = args.segment.partition(":")
+            ds = ds.segment(int(start), int(stop))
         ds = (ds.head(args.head) if args.head else ds).subset(args.max_queries, args.stride)
-    except (ConfigError, DatasetError) as exc:
+    except (ConfigError, DatasetError, ValueError) as exc:
         print(f"vpr-benchmark: {exc}", file=sys.stderr)
         return 2
     out = args.out or Path("runs") / time.strftime("benchmark-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     if args.zoo:
-        return run_zoo(args.zoo, ds, [int(k) for k in args.rerank_k.split(",") if k.strip()], out)
+        return run_zoo(args.zoo, ds, [int(k) for k in args.rerank_k.split(",") if k.strip()], out, "raw" in paths)
     print(f"{ds.name}: {len(ds.database)} database images, {len(ds.queries)} queries; model {cfg.model.name}")
     results: List[PathResult] = []
     baseline = run_raw_pixels(ds) if "raw" in paths else None
@@ -82,10 +88,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-def run_zoo(configs: List[Path], ds, ks: List[int], out: Path) -> int:
+def run_zoo(configs: List[Path], ds, ks: List[int], out: Path, raw: bool = False) -> int:
     from offline_eval.zoo import zoo_json, zoo_row, zoo_table
 
     print(f"{ds.name}: {len(ds.database)} database images, {len(ds.queries)} queries; {len(configs)} configs")
+    if raw:
+        base = run_raw_pixels(ds)
+        print(f"raw pixels 32x24 baseline: " + ", ".join(f"R@{k} {v:.3f}" for k, v in base.recall.items()))
     rows = []
     for path in configs:
         try:

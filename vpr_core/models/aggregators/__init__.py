@@ -3,4 +3,4 @@ from vpr_core.registry import Registry
 
 AGGREGATORS: Registry = Registry("aggregator")
 
-from vpr_core.models.aggregators import cls, gem, mixvpr, netvlad  # noqa: E402,F401  (registers methods)
+from vpr_core.models.aggregators import cls, gem, mixvpr, netvlad, spatial  # noqa: E402,F401  (registers methods)

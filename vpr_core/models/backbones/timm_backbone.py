@@ -42,24 +42,43 @@ class TimmBackbone(nn.Module):
     # keyword arguments every timm model of this wrapper is created with (families override)
     create_defaults: Dict[str, Any] = {"num_classes": 0, "global_pool": ""}
 
-    def __init__(self, name: str, **timm_kwargs: Any) -> None:
+    def __init__(self, name: str, out_stage: int = -1, **timm_kwargs: Any) -> None:
+        """`out_stage` >= 0: the output is that stage of timm's `feature_info` (e.g. 3 = stride 16 for
+        EfficientNet), computed by running the network only that far; -1 = the network's own output."""
         super().__init__()
         if name not in timm.list_models():
             raise ValueError(f"timm has no model '{name}' (timm {timm.__version__})")
         self.name = name
         self.model = timm.create_model(name, pretrained=False, **{**self.create_defaults, **timm_kwargs})
         self.num_features: int = int(self.model.num_features)
+        self._stage = int(out_stage)
+        self._stage_stride = 0
+        if self._stage >= 0:
+            info = getattr(self.model, "feature_info", None)
+            info = (info if isinstance(info, list) else info.get_dicts()) if info else []
+            if not hasattr(self.model, "forward_intermediates") or not info or hasattr(self.model, "patch_embed"):
+                raise ValueError(f"{name}: out_stage needs a CNN with timm feature stages; this model has none")
+            if self._stage >= len(info):
+                raise ValueError(f"{name}: out_stage {out_stage} is out of range; its stages are "
+                                 f"{[(i, d['module'], d['reduction']) for i, d in enumerate(info)]}")
+            self.num_features = int(info[self._stage]["num_chs"])
+            self._stage_stride = int(info[self._stage]["reduction"])
         self.num_prefix_tokens: int = int(getattr(self.model, "num_prefix_tokens", 0) or 0)
         cfg: Dict[str, Any] = dict(self.model.pretrained_cfg or {})
         self.default_mean: Tuple[float, ...] = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
         self.default_std: Tuple[float, ...] = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._stage >= 0:
+            return self.model.forward_intermediates(x, indices=[self._stage], intermediates_only=True,
+                                                    stop_early=True)[0]
         return self.model.forward_features(x)
 
     @property
     def stride(self) -> int:
         """Input pixels per feature-map cell (patch size for ViTs)."""
+        if self._stage_stride:
+            return self._stage_stride
         info = getattr(self.model, "feature_info", None)
         if info:
             last = info[-1] if isinstance(info, list) else info.get_dicts()[-1]

@@ -30,7 +30,7 @@ class WhitenHead(nn.Module):
     @torch.no_grad()
     def fit(self, desc: np.ndarray, eps: float = 1e-6) -> float:
         """PCA-whiten from L2-normalised training descriptors (N, in_dim); returns the variance fraction kept."""
-        x = np.asarray(desc, np.float64)
+        x = np.asarray(desc, np.float32)
         if x.ndim != 2 or x.shape[1] != self.mean.numel():
             raise ValueError(f"whiten head: descriptors must be (N, {self.mean.numel()}), got {x.shape}")
         if x.shape[0] <= self.out_dim:
@@ -39,14 +39,14 @@ class WhitenHead(nn.Module):
         if not np.isfinite(x).all():
             raise ValueError("whiten head: training descriptors contain NaN or inf")
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        mu = x.mean(0)
-        cov = np.cov(x - mu, rowvar=False)
-        vals, vecs = np.linalg.eigh(cov)
-        total = float(vals.clip(min=0).sum())
-        order = np.argsort(vals)[::-1][:self.out_dim]
-        vals, vecs = vals[order], vecs[:, order]
-        self.mean.copy_(torch.from_numpy(mu).float())
-        self.proj.copy_(torch.from_numpy((vecs / np.sqrt(vals + eps)).T).float())
+        mu = x.mean(0, dtype=np.float64).astype(np.float32)
+        # economy SVD of the centred data: works for in_dim far above the sample count (spatial maps)
+        _, sv, vt = torch.linalg.svd(torch.from_numpy(x - mu), full_matrices=False)
+        var = (sv.double() ** 2 / max(1, x.shape[0] - 1)).numpy()
+        total = float(var.sum())
+        vals, vecs = var[:self.out_dim], vt[:self.out_dim].double().numpy()
+        self.mean.copy_(torch.from_numpy(mu))
+        self.proj.copy_(torch.from_numpy(vecs / np.sqrt(vals + eps)[:, None]).float())
         return float(vals.clip(min=0).sum() / max(total, 1e-12))
 
 
