@@ -97,6 +97,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         cfg.epochs = args.epochs
     res = train(cfg, resume=args.resume)
+    if not res.is_main:  # another rank of a torchrun job: rank 0 reports
+        return 130 if res.interrupted else 0
     best = ", ".join(f"{k} {v:.3f}" for k, v in res.best.items() if isinstance(v, float))
     state = "interrupted; continue with --resume auto" if res.interrupted else "done"
     print(f"{cfg.name}: {state}. Best epoch {res.best_epoch}: {best or 'no validation'}.\n"

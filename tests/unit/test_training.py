@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,6 +14,8 @@ from vpr_core.models.vpr_model import DescriptorExtractor
 from vpr_core.training import Trainer, train
 from vpr_core.training.config import train_config_from_dict
 from vpr_core.training.schemes import SchemeError
+
+from training_helpers import fixed_batch_loss  # tests/unit: shared with test_training_zoo.py
 
 TRAIN, VAL = "0:48", "100:140"  # 52 route frames between them: no leakage between neighbours
 
@@ -44,15 +45,6 @@ def make_cfg(nordland_root, repo_root, cache_dir, tmp_path):
             node[leaf] = value
         return train_config_from_dict(data)
     return make
-
-
-def fixed_batch_loss(trainer: Trainer) -> float:
-    """The scheme's mean loss over the batches of epoch 0 (same mining draws each time), without
-    dropout or gradient: the training loss on fixed data."""
-    trainer.scheme.before_step(0)
-    trainer.model.eval()
-    with torch.no_grad():
-        return float(np.mean([float(trainer.scheme.loss(b, i)[0]) for i, b in enumerate(trainer.scheme.batches(0))]))
 
 
 def trained_state(trainer: Trainer):

@@ -40,6 +40,7 @@ class TrainResult:
     history: List[Dict[str, float]] = field(default_factory=list)
     model_config: Optional[Path] = None
     interrupted: bool = False
+    is_main: bool = True  # False on the other ranks of a torchrun job: rank 0 reports
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -51,15 +52,21 @@ def _peak_memory_mb(device: torch.device) -> float:
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: Optional[str] = None) -> None:
         self.cfg = cfg
-        self.dist = Distributed.from_env()
+        self.dist = Distributed.from_env(cfg.device)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         overrides = {f"model.{k}": v for k, v in cfg.model_overrides.items()}
         if cfg.device != "auto":
             overrides["model.device"] = cfg.device
-        if self.dist.world > 1 and torch.cuda.is_available():
+        if self.dist.backend == "nccl":  # one GPU per process (a config saying device: cpu stays on CPU)
             overrides["model.device"] = f"cuda:{self.dist.local_rank}"
+        if cfg.batch_size < self.dist.world:
+            raise ConfigError(f"batch_size {cfg.batch_size} is smaller than the {self.dist.world} processes: every "
+                              f"process needs a share of each batch")
+        if cfg.batch_size % self.dist.world:
+            log.warning("batch_size %d is not a multiple of the %d processes: %d item(s) of each batch are left out "
+                        "(equal shares per process)", cfg.batch_size, self.dist.world, cfg.batch_size % self.dist.world)
         self.model_cfg = load_config(cfg.model, overrides)
         self.model = build_model(self.model_cfg.model)
         if cfg.init_checkpoint:
@@ -94,13 +101,15 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             self._cluster_init()
-        cache = FeatureCache.build(self.extractor, list(dict.fromkeys(self.scheme.image_paths())),
-                                   Path(cfg.cache_dir), progress=cfg.progress) if use_cache else None
+        cache = self.dist.rank_zero_first(lambda: FeatureCache.build(  # written once, then read by the others
+            self.extractor, list(dict.fromkeys(self.scheme.image_paths())), Path(cfg.cache_dir),
+            progress=cfg.progress and self.dist.is_main)) if use_cache else None
         self.encoder = Encoder(self.extractor, cache, local=self.scheme.needs_local)
         self.scheme.attach(self.encoder)
         self.amp = self.device.type == "cuda" and cfg.amp in ("auto", "true")
         if cfg.compile:
             self.encoder.net = torch.compile(self.encoder.net)
+        self.dist.broadcast_state([self.model, *self.scheme.modules().values()])
         self.encoder.net = self.dist.wrap(self.encoder.net, self.device)
         self.optimizer = self._optimizer() if self.scheme.needs_gradients else None
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
@@ -138,7 +147,7 @@ class Trainer:
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, min(len(paths), self.cfg.cluster_images)).astype(int)]
         normalize = bool(getattr(agg, "normalize_input", True))
         sample, _, _ = sample_local_features(self.extractor, paths, per_image=100, seed=self.cfg.seed,
-                                             normalize=normalize, progress=self.cfg.progress)
+                                             normalize=normalize, progress=self.cfg.progress and self.dist.is_main)
         centres = spherical_kmeans(sample, agg.clusters, seed=self.cfg.seed, spherical=normalize)
         alpha = agg.init_from_clusters(centres, sample)
         log.info("cluster_init: %d centres from %d local features of %d training images (alpha %.1f)",
@@ -250,13 +259,14 @@ class Trainer:
             self.epoch = 1
             self.best, self.best_epoch, self.produced = metrics, 1, self.scheme.produced_config()
             self._save("last.pt")
-            export_model(self.model, self.trainable, self.model_cfg, self.run_dir, self.produced)
+            if self.dist.is_main:
+                export_model(self.model, self.trainable, self.model_cfg, self.run_dir, self.produced)
             return self._result()
         if self.epoch == 0 and self.step_in_epoch == 0 and not self.history:
             metrics = self._validate()  # the starting point, measured by the same code
             self._log_row({"epoch": 0, **metrics})
             self._consider_best(metrics)
-        total = cfg.epochs * len(self.scheme.batches(0))
+        total = cfg.epochs * len(self._batches(0))
         interrupted = False
         try:
             while self.epoch < cfg.epochs:
@@ -267,6 +277,7 @@ class Trainer:
                 self._log_row({**row, **metrics})
                 self._consider_best(metrics)
                 self._save("last.pt")
+                self.dist.barrier()  # the other ranks wait while rank 0 validates and writes
         except KeyboardInterrupt:
             interrupted = True
             self._save("last.pt")
@@ -277,10 +288,15 @@ class Trainer:
         res.interrupted = interrupted
         return res
 
+    def _batches(self, epoch: int) -> List[np.ndarray]:
+        """The scheme's batches of an epoch; with several processes only those every process gets a share
+        of (a short last batch may not), the same list on every rank."""
+        return [b for b in self.scheme.batches(epoch) if len(b) >= self.dist.world]
+
     def _epoch(self, total: int) -> Dict[str, float]:
         """Train the rest of the current epoch; returns its log row (loss, lr, time, images/s, memory)."""
         cfg = self.cfg
-        batches = self.scheme.batches(self.epoch)
+        batches = self._batches(self.epoch)
         self._train_mode()
         t0, seen0 = time.perf_counter(), self.encoder.images_seen
         losses = self.epoch_losses  # kept in the checkpoint: a resumed epoch reports its whole mean
@@ -294,15 +310,17 @@ class Trainer:
             self._train_mode()
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss, info = self.scheme.loss(batch, self.global_step)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch + 1} step {self.step_in_epoch}; "
+            value = self.dist.mean(loss)  # the whole batch's: every rank sees (and stops on) the same value
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss is {value} at epoch {self.epoch + 1} step {self.step_in_epoch}; "
                                          f"lower optim.lr (last good state: {self.run_dir / 'last.pt'})")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # DDP averages the model's gradients over ranks; the scheme's modules are not in it
+            self.dist.average_gradients(p for m in self.scheme.modules().values() for p in m.parameters())
             if cfg.optim.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.params(), cfg.optim.grad_clip)
             self.optimizer.step()
-            losses.append(loss.item())
+            losses.append(value)
             self.global_step += 1
             self.step_in_epoch += 1
             dt = time.perf_counter() - t0
@@ -320,7 +338,8 @@ class Trainer:
 
     def _result(self) -> TrainResult:
         mc = self.run_dir / "model.yaml"
-        res = TrainResult(self.run_dir, self.best, self.best_epoch, self.history, mc if mc.is_file() else None)
+        res = TrainResult(self.run_dir, self.best, self.best_epoch, self.history, mc if mc.is_file() else None,
+                          is_main=self.dist.is_main)
         if self.dist.is_main:
             (self.run_dir / "result.json").write_text(json.dumps(
                 {"best": self.best, "best_epoch": self.best_epoch, "history": self.history,
