@@ -8,7 +8,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 DATASET ?=
 ARGS ?=
 
-.PHONY: setup demo test benchmark clean
+.PHONY: setup demo test benchmark train-nordland clean
 
 setup: $(VENV)/.msgs-stamp
 
@@ -32,6 +32,18 @@ test: setup
 
 benchmark: setup
 	$(PY) -m offline_eval.benchmark $(or $(DATASET),../shared/datasets/corridor) $(ARGS)
+
+# Issue #9's measurement: train (a) ranking, (b) classification, (c) whitening on Nordland's training
+# stretch, then Recall@1/5 on the test stretch [2700, 3576) (never read in training) beside the untrained
+# models and raw pixels, and on corridor (never trained on).
+NORDLAND ?= ../shared/datasets/nordland_summer_winter_64x32
+TRAINED  := nordland_spatial_ranking nordland_spatial_classification nordland_spatial_whitening
+train-nordland: setup
+	for t in $(TRAINED); do $(PY) -m vpr_core.cli train --config config/train/$$t.yaml progress=false || exit 1; done
+	$(PY) -m offline_eval.benchmark $(NORDLAND) --segment 2700:3576 --paths raw --out runs/trained-nordland-test \
+	  --zoo config/default.yaml config/spatial_untrained.yaml $(foreach t,$(TRAINED),runs/train/$(t)/model.yaml)
+	$(PY) -m offline_eval.benchmark ../shared/datasets/corridor --paths raw --out runs/trained-corridor \
+	  --zoo config/default.yaml config/spatial_untrained.yaml $(foreach t,$(TRAINED),runs/train/$(t)/model.yaml)
 
 clean:
 	rm -rf $(VENV) build runs
