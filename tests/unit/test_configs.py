@@ -16,7 +16,7 @@ from vpr_core.rerank import build_reranker
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "config").glob("*.yaml"))
 EXPECTED_DIM = {"default.yaml": 1280, "vtvpr_deit.yaml": 384, "vtvpr_pit.yaml": 576, "vtvpr_cait.yaml": 384,
                 "dinovpr.yaml": 256, "clusvpr.yaml": 64 * 512, "mixvpr.yaml": 4096, "selavpr.yaml": 1024,
-                "vitgal.yaml": 384, "default_rerank.yaml": 1280}
+                "vitgal.yaml": 384, "default_rerank.yaml": 1280, "spatial_untrained.yaml": 112 * 15 * 20}
 # Local heads: (descriptor size, features per image for the 120x160 test images at the config's input size).
 EXPECTED_LOCAL = {"selavpr.yaml": (128, 61 * 61), "vitgal.yaml": (128, 400), "default_rerank.yaml": (112, 15 * 20)}
 # Cost: the test builds the config's model as written except for these overrides, which keep every width
