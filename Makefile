@@ -37,7 +37,8 @@ benchmark: setup
 # stretch, then Recall@1/5 on the test stretch [2700, 3576) (never read in training) beside the untrained
 # models and raw pixels, and on corridor (never trained on).
 NORDLAND ?= ../shared/datasets/nordland_summer_winter_64x32
-TRAINED  := nordland_spatial_ranking nordland_spatial_classification nordland_spatial_whitening
+TRAINED  := nordland_spatial_ranking nordland_spatial_ranking_identity nordland_spatial_classification \
+            nordland_spatial_whitening
 train-nordland: setup
 	for t in $(TRAINED); do $(PY) -m vpr_core.cli train --config config/train/$$t.yaml progress=false || exit 1; done
 	$(PY) -m offline_eval.benchmark $(NORDLAND) --segment 2700:3576 --paths raw --out runs/trained-nordland-test \

@@ -21,6 +21,12 @@ from vpr_core.models.weights import CheckpointError, resolve_checkpoint_path
 from vpr_core.pipeline import PlaceRecognizer
 
 
+def config_label(path) -> str:
+    """A config's name in tables: its file stem, or its run folder for a trained run's `model.yaml`."""
+    p = Path(path)
+    return p.parent.name if p.name == "model.yaml" else p.stem
+
+
 @dataclass
 class ZooRow:
     config: str
@@ -87,7 +93,7 @@ def zoo_row(config_path: Path, ds: PlaceDataset, rerank_ks: Sequence[int] = (20,
         res = run_direct(c, ds, PlaceRecognizer(c, extractor=ex), progress=progress, features=feats)
         row.reranked[k], row.rerank_ms[k] = res.recall, res.rerank_ms
         if progress:  # a long row (ViT-L, K = 100 on CPU) reports each K as soon as it is known
-            print(f"{Path(config_path).stem}: R@1 {row.recall[1]:.3f} -> {res.recall[1]:.3f} after re-ranking "
+            print(f"{config_label(config_path)}: R@1 {row.recall[1]:.3f} -> {res.recall[1]:.3f} after re-ranking "
                   f"the top {k} ({res.rerank_ms:.1f} ms per query)", flush=True)
     return row
 
@@ -101,7 +107,7 @@ def zoo_table(rows: Sequence[ZooRow], title: str) -> str:
     for r in rows:
         rr = "".join(f"{r.reranked[k][1]:>10.3f}{r.rerank_ms[k]:>8.1f}" if k in r.reranked else f"{'-':>10}{'-':>8}"
                      for k in ks)
-        lines.append(f"{Path(r.config).stem:<28}{r.dim:>6}{r.ips_b1:>10.1f}{r.ips_b16:>10.1f}{r.recall[1]:>7.3f}"
+        lines.append(f"{config_label(r.config):<28}{r.dim:>6}{r.ips_b1:>10.1f}{r.ips_b16:>10.1f}{r.recall[1]:>7.3f}"
                      f"{r.recall[5]:>7.3f}{rr}  {r.weights}")
     return "\n".join(lines)
 

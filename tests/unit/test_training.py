@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -193,3 +194,47 @@ def test_cli_trains_and_reports_bad_overrides(make_cfg, tmp_path, capsys):
     assert "model config:" in capsys.readouterr().out
     assert main(["train", "--config", str(path), "batchsize=4"]) == 2
     assert "unknown config key 'batchsize'" in capsys.readouterr().err
+
+
+def _write_geo_split(real_frame, folder, frames):
+    """Summer frames as the database, winter frames as queries; frame k lies at UTM east 10 k m."""
+    for k in frames:
+        real_frame(k, folder / "database" / f"@{500000 + 10 * k:.2f}@{4000000:.2f}@33@T@s{k}@.jpg", "summer")
+        real_frame(k, folder / "queries" / f"@{500000 + 10 * k:.2f}@{4000000:.2f}@33@T@w{k}@.jpg", "winter")
+
+
+def test_geo_layout_trains_with_metre_radii(make_cfg, tmp_path, real_frame):
+    root = tmp_path / "geo_mini"
+    _write_geo_split(real_frame, root / "images" / "train", range(0, 24))
+    _write_geo_split(real_frame, root / "images" / "val", range(100, 116))
+    trainer = Trainer(make_cfg(name="geo", epochs=1, data={"path": str(root), "train": "train", "val": "val",
+                                                          "pos_radius": 10.0, "neg_radius": 25.0}))
+    assert trainer.scheme.table.unit == "m"
+    # positives within 10 m = the same and neighbouring frames; negatives start beyond 25 m
+    a = trainer.scheme.table.anchors[5]
+    near = trainer.scheme.table.distances(np.array([a]), trainer.scheme.positives[5])[0]
+    assert len(near) == 3 and near.max() <= 10.0
+    res = trainer.run()
+    assert 0 <= res.best["R@1"] <= 1 and len(res.history) == 2
+
+
+def test_gsv_cities_layout_trains_by_classification(make_cfg, tmp_path, real_frame):
+    from vpr_core.datasets import gsv_image_name
+
+    root = tmp_path / "gsv_mini"
+    lines, k = [",place_id,year,month,northdeg,city_id,lat,lon,panoid"], 0
+    for pid in range(6):
+        for j in range(4):
+            lat, lon, pano = 51.5 + pid / 1000, -0.125 + j / 10000, f"p{pid}x{j}"
+            lines.append(f"{k},{pid},2019,{j + 1},{10 * j},London,{lat},{lon},{pano}")
+            real_frame(8 * pid + j, root / "Images" / "London" / gsv_image_name("London", pid, 2019, j + 1, 10 * j, lat,
+                                                                                lon, pano), "summer" if j % 2 else "winter")
+            k += 1
+    (root / "Dataframes").mkdir(parents=True)
+    (root / "Dataframes" / "London.csv").write_text("\n".join(lines) + "\n")
+    trainer = Trainer(make_cfg(name="gsv", epochs=3, scheme={"name": "classification", "margin": 0.2},
+                               data={"path": str(root), "val": "", "min_per_place": 4}))
+    assert trainer.scheme.classifier.num_classes == 6
+    loss0 = fixed_batch_loss(trainer)
+    res = trainer.run()
+    assert fixed_batch_loss(trainer) < loss0 and res.model_config is not None
