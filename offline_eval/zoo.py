@@ -101,13 +101,13 @@ def zoo_row(config_path: Path, ds: PlaceDataset, rerank_ks: Sequence[int] = (20,
 def zoo_table(rows: Sequence[ZooRow], title: str) -> str:
     """One line per config; R@1 after re-ranking and ms per query for every K measured."""
     ks = sorted({k for r in rows for k in r.reranked}) or [20, 100]
-    head = (f"{'config':<28}{'dim':>6}{'img/s b1':>10}{'img/s b16':>10}{'R@1':>7}{'R@5':>7}"
+    head = (f"{'config':<34}{'dim':>6}{'img/s b1':>10}{'img/s b16':>10}{'R@1':>7}{'R@5':>7}"
             + "".join(f"{f'R@1 rr{k}':>10}{'ms/q':>8}" for k in ks) + "  weights")
     lines = [title, head, "-" * len(head)]
     for r in rows:
         rr = "".join(f"{r.reranked[k][1]:>10.3f}{r.rerank_ms[k]:>8.1f}" if k in r.reranked else f"{'-':>10}{'-':>8}"
                      for k in ks)
-        lines.append(f"{config_label(r.config):<28}{r.dim:>6}{r.ips_b1:>10.1f}{r.ips_b16:>10.1f}{r.recall[1]:>7.3f}"
+        lines.append(f"{config_label(r.config):<34}{r.dim:>6}{r.ips_b1:>10.1f}{r.ips_b16:>10.1f}{r.recall[1]:>7.3f}"
                      f"{r.recall[5]:>7.3f}{rr}  {r.weights}")
     return "\n".join(lines)
 
