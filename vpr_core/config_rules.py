@@ -120,6 +120,10 @@ CONFIG_RULES: Dict[str, Rule] = {
     "camera.height": _between(0, 100_000, "0 = unknown"),
     "camera.distortion": Rule(lambda v: len(v) in (0, 4, 5, 8, 12, 14) and all(math.isfinite(x) for x in v),
                               "[] or 4, 5, 8, 12 or 14 finite OpenCV coefficients"),
+    # thread counts (vpr_core.runtime.apply_threads)
+    "runtime.threads": _between(0, 256, "0 = auto, a quarter of the cores"),
+    "runtime.search_threads": _between(0, 256, "0 = FAISS default"),
+    "runtime.opencv_threads": _between(0, 256, "0 = OpenCV default"),
     # relative-pose thresholds (vpr_core.geometry.pose.PoseConfig, which checks some pairs itself)
     "pose.min_inliers": _between(5, 1_000_000, "the 5-point solver's sample at least"),
     "pose.ransac_px": Rule(lambda v: 0.0 < v <= 1000.0, "in (0, 1000] pixels"),

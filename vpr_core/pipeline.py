@@ -25,6 +25,7 @@ from vpr_core.local_features import LocalFeatures
 from vpr_core.map_database import Candidate, DescriptorError, MapDatabase, MapError
 from vpr_core.map_file import write_map_file
 from vpr_core.models import DescriptorExtractor
+from vpr_core.runtime import apply_threads
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class PlaceRecognizer:
     def __init__(self, cfg: Config, extractor: Optional[DescriptorExtractor] = None,
                  db: Optional[MapDatabase] = None) -> None:
         self.cfg = cfg
+        self.threads = apply_threads(cfg.runtime)  # before the model runs: pools are sized on first use
         self.extractor = extractor if extractor is not None else DescriptorExtractor(cfg.model)
         if cfg.rerank.method != "none" and not self.extractor.has_local:
             raise ConfigError(f"rerank.method is '{cfg.rerank.method}' but model '{cfg.model.name}' has no local "
