@@ -79,7 +79,10 @@ class PipelineStats:
     rejections: Counter = field(default_factory=Counter)  # reason (detector.REJECTIONS) -> frames not closed
     stage_ms: Dict[str, Deque[float]] = field(  # stage (detector.STAGES) -> recent frames' ms
         default_factory=lambda: defaultdict(lambda: deque(maxlen=10_000)), repr=False)
-    latencies_ms: Deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)  # recent frames
+    latencies_ms: Deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)  # processing
+    # the node's view: image arrival -> PlaceMatch published (queue wait and decode included), and the wait
+    delivery_ms: Deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)
+    queue_ms: Deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)
     rerank_ms: Deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)  # re-ranked frames
 
     def summary(self) -> dict:
@@ -88,6 +91,10 @@ class PipelineStats:
                 "dropped": dict(self.dropped), "lost_estimate": self.lost_estimate, "rejections": dict(self.rejections),
                 "latency_ms_median": float(np.median(lat)),
                 "latency_ms_p95": float(np.percentile(lat, 95)),
+                **({"end_to_end_ms_median": float(np.median(self.delivery_ms)),
+                    "end_to_end_ms_p95": float(np.percentile(self.delivery_ms, 95)),
+                    "queue_ms_median": float(np.median(self.queue_ms)),
+                    "queue_ms_p95": float(np.percentile(self.queue_ms, 95))} if self.delivery_ms else {}),
                 "rerank_ms_median": float(np.median(self.rerank_ms)) if self.rerank_ms else 0.0,
                 "stage_ms_median": {k: float(np.median(v)) for k, v in self.stage_ms.items() if v},
                 "stage_ms_p95": {k: float(np.percentile(v, 95)) for k, v in self.stage_ms.items() if v}}
@@ -161,6 +168,12 @@ class PlaceRecognizer:
         if self.detector.reranker is not None:
             s.rerank_ms.append(result.place_match.rerank_ms)
         return result
+
+    def record_delivery(self, end_to_end_ms: float, queue_ms: float) -> None:
+        """The node's honest latency of one frame: from the image's arrival to its PlaceMatch publish
+        (queue wait and decode included), and the part of it spent waiting in the queue."""
+        self.stats.delivery_ms.append(float(end_to_end_ms))
+        self.stats.queue_ms.append(float(queue_ms))
 
     @property
     def mode(self) -> str:

@@ -37,7 +37,7 @@ def retry(read: Callable[[], T], attempts: int = 5) -> T:
 class Snapshot:
     """What the node knows at one instant, read by the node (vpr_core stats and its own counters)."""
     summary: Mapping  # PlaceRecognizer.stats.summary()
-    latencies_ms: Sequence[float]  # recent per-frame latencies, oldest first
+    latencies_ms: Sequence[float]  # recent per-frame latencies (image arrival -> PlaceMatch out), oldest first
     received: int  # frames received from the image topics since start
     map_size: int
     mode: str
@@ -70,7 +70,8 @@ class DiagnosticsReporter:
         if recent:  # this period's frames
             median, p95 = float(np.median(recent)), float(np.percentile(recent, 95))
         else:  # none processed in the period: the history's figures, never a warning
-            median, p95 = float(s["latency_ms_median"]), float(s["latency_ms_p95"])
+            median = float(s.get("end_to_end_ms_median", s["latency_ms_median"]))
+            p95 = float(s.get("end_to_end_ms_p95", s["latency_ms_p95"]))
         self._last = (now_s, snap.received, frames, dropped_total)
 
         problems: List[str] = []
@@ -85,6 +86,10 @@ class DiagnosticsReporter:
             ("mode", snap.mode), ("frame_rate_in_hz", f"{rate_in:.2f}"), ("processing_rate_hz", f"{rate_out:.2f}"),
             ("latency_ms.median", f"{median:.1f}"), ("latency_ms.p95", f"{p95:.1f}"),
             ("latency_budget_ms", f"{self.latency_budget_ms:.0f}"),
+            ("processing_ms.median", f"{float(s['latency_ms_median']):.1f}"),
+            ("processing_ms.p95", f"{float(s['latency_ms_p95']):.1f}"),
+            ("queue_wait_ms.median", f"{float(s.get('queue_ms_median', 0.0)):.1f}"),
+            ("queue_wait_ms.p95", f"{float(s.get('queue_ms_p95', 0.0)):.1f}"),
             ("frames_received", snap.received), ("frames_processed", frames),
             ("map_size", snap.map_size), ("keyframes", s["keyframes"]), ("loop_closures", s["loop_closures"])]
         if "lost_estimate" in s:  # frames estimated lost before they arrived (when the pipeline counts them)

@@ -44,7 +44,7 @@ from vpr_ros.parameters import declare_config, parameter_changes
 from vpr_ros.qos import subscription_qos
 from vpr_ros.services import LoopClosureServices, guarded, no_pose_reason
 
-Frame = tuple  # (decode: Callable[[], np.ndarray], stamp_ns: int, frame_id: str)
+Frame = tuple  # (decode: Callable[[], np.ndarray], stamp_ns: int, frame_id: str, arrival: perf_counter s)
 MAX_STREAMS = 64  # (input, frame id) streams whose stamp gaps are tracked for the lost-frame estimate
 
 
@@ -98,12 +98,15 @@ class LoopClosureNode(Node):
 
     def _on_image(self, msg: Image) -> None:
         limit = self.cfg.node.max_image_pixels
-        self._enqueue((lambda: image_to_rgb(msg, limit), self._stamp(msg.header, "raw"), msg.header.frame_id))
+        arrival = time.perf_counter()  # latency is counted from here: queue wait and decode included
+        self._enqueue((lambda: image_to_rgb(msg, limit), self._stamp(msg.header, "raw"), msg.header.frame_id,
+                       arrival))
 
     def _on_compressed(self, msg: CompressedImage) -> None:
         limit = self.cfg.node.max_image_pixels
+        arrival = time.perf_counter()
         self._enqueue((lambda: compressed_to_rgb(msg, limit), self._stamp(msg.header, "compressed"),
-                       msg.header.frame_id))
+                       msg.header.frame_id, arrival))
 
     def _enqueue(self, frame: Frame) -> None:
         self._received += 1
@@ -132,9 +135,10 @@ class LoopClosureNode(Node):
                 break
             self._process(*frame)
 
-    def _process(self, decode: Callable[[], np.ndarray], stamp_ns: int, frame_id: str) -> None:
+    def _process(self, decode: Callable[[], np.ndarray], stamp_ns: int, frame_id: str, arrival: float) -> None:
         try:
             t_decode = time.perf_counter()
+            waited_ms = (t_decode - arrival) * 1e3
             rgb = decode()
             self.recognizer.record_stage("decode", (time.perf_counter() - t_decode) * 1e3)
             frame_id = frame_id or self.cfg.node.default_frame_id
@@ -150,6 +154,9 @@ class LoopClosureNode(Node):
             return
         if not self.context.ok():  # shutting down: the map keeps the frame, nobody is listening
             return
+        # PlaceMatch.latency_ms: image arrival -> this publish (queue wait, decode and processing)
+        result.place_match.latency_ms = (time.perf_counter() - arrival) * 1e3
+        self.recognizer.record_delivery(result.place_match.latency_ms, waited_ms)
         self.pub_match.publish(place_match_msg(result.place_match))
         no_pose = no_pose_reason(self.recognizer, side.camera)
         if self.debug is not None:
@@ -190,7 +197,8 @@ class LoopClosureNode(Node):
     def _publish_diagnostics(self) -> None:
         try:
             rec = self.recognizer
-            snap = Snapshot(retry(rec.stats.summary), retry(lambda: list(rec.stats.latencies_ms)), self._received,
+            snap = Snapshot(retry(rec.stats.summary), retry(lambda: list(rec.stats.delivery_ms or rec.stats.latencies_ms)),
+                            self._received,
                             len(rec.db), rec.mode, retry(lambda: dict(self.sensors.missing)), self._inputs)
             self.pub_diagnostics.publish(self.diagnostics.array(snap, self.get_clock().now().to_msg()))
         except Exception as exc:  # a report must never take the node down

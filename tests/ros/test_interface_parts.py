@@ -51,6 +51,18 @@ def test_warns_on_new_drops_and_on_latency_over_budget_only_while_it_lasts():
     assert kv["processing_rate_hz"] == "0.00" and kv["latency_ms.p95"] == "90.0", "idle: the history's figures"
 
 
+def test_latency_is_end_to_end_with_processing_and_queue_wait_beside_it():
+    r = DiagnosticsReporter("n", latency_budget_ms=100.0)
+    report(r, 0.0, 0, [])
+    snap = Snapshot({**summary(frames=3), "end_to_end_ms_median": 120.0, "end_to_end_ms_p95": 150.0,
+                     "queue_ms_median": 70.0, "queue_ms_p95": 90.0}, [120.0, 130.0, 150.0], 3, 0, "mapping")
+    status = r.status(snap, now_s=1.0)
+    kv = {v.key: v.value for v in status.values}
+    assert kv["latency_ms.median"] == "130.0" and kv["processing_ms.median"] == "50.0"
+    assert kv["queue_wait_ms.median"] == "70.0" and kv["queue_wait_ms.p95"] == "90.0"
+    assert status.level == DiagnosticStatus.WARN and "latency p95" in status.message, "the budget applies to end to end"
+
+
 def test_markers_only_when_something_changed_and_cleared_on_reset():
     stamp = Time(sec=1)
     m = LoopGraphMarkers("map")

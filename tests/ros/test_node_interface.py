@@ -205,8 +205,11 @@ def test_diagnostics_report_every_counter(client, stream):
     for reason in REJECTIONS:
         assert f"rejected.{reason}" in d, f"rejected.{reason} missing: dashboards must see every reason"
     for key in ("dropped.queue_full", "dropped.bad_image", "frame_rate_in_hz", "processing_rate_hz",
-                "latency_ms.median", "latency_ms.p95", "map_size", "keyframes", "loop_closures", "mode"):
+                "latency_ms.median", "latency_ms.p95", "processing_ms.median", "queue_wait_ms.median",
+                "map_size", "keyframes", "loop_closures", "mode"):
         assert key in d, key
+    # latency counts from the image's arrival: it includes the processing of the same frames
+    assert float(d["latency_ms.p95"]) >= float(d["queue_wait_ms.median"])
     keyframes = sum(pm.is_keyframe for _, pm in stream.rig.sent)
     assert int(d["map_size"]) == int(d["keyframes"]) == keyframes
     assert int(d["loop_closures"]) == len(client.loop_closures)

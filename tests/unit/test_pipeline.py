@@ -167,3 +167,19 @@ def test_stats_count_keyframes_and_closures_separately(default_extractor):
     s = pr.stats
     assert (s.frames, s.place_matches, s.keyframes, s.loop_closures) == (4, 4, 2, 3)
     assert len(pr.db) == 2
+
+
+def test_delivery_latency_is_reported_beside_processing(recognizer):
+    from vpr_core.pipeline import PipelineStats
+
+    stats = PipelineStats()
+    assert "end_to_end_ms_median" not in stats.summary(), "no node: no delivery figures"
+    rec_stats, recognizer.stats = recognizer.stats, stats
+    try:
+        for total, wait in [(40.0, 5.0), (60.0, 25.0), (300.0, 250.0)]:
+            recognizer.record_delivery(total, wait)
+        s = stats.summary()
+    finally:
+        recognizer.stats = rec_stats
+    assert s["end_to_end_ms_median"] == 60.0 and s["queue_ms_median"] == 25.0
+    assert s["end_to_end_ms_p95"] > 250.0 and s["queue_ms_p95"] > 200.0
