@@ -312,7 +312,7 @@ class LoopClosureDetector:
                stamp_ns: int, camera: Optional[CameraModel], depth: Optional[np.ndarray]) -> Decision:
         """Apply the gates to this frame's candidates; the verdict ignores temporal consistency."""
         positions = np.array([self.db.position(c.id) for c in candidates], np.int64)
-        self.sequence.push(descriptor, positions)
+        self.sequence.push(descriptor, positions, stamp_ns)
         if self.cfg.sequence_length > 1:
             picked = self._by_sequence(descriptor, stamp_ns, query_local)
         else:

@@ -2,13 +2,15 @@
 
 A single frame of a look-alike corridor or a snowy railway matches many places about equally; the
 last L frames, aligned with L consecutive keyframes at a constant speed, match only the right one.
-A candidate's sequence score is the best, over the configured velocities (map keyframes per query
+A candidate's sequence score is the best, over the configured velocities (map frames per query
 frame), of the mean cosine similarity between the recent query frames and the keyframes on that line.
+Both sides are counted in time (frame periods from the stamps), so frames a full queue dropped do not
+bend the line.
 """
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Deque, Sequence
+from typing import TYPE_CHECKING, Callable, Deque, Optional, Sequence
 
 import numpy as np
 
@@ -36,6 +38,9 @@ class SequenceMatcher:
         self.velocities = np.asarray(vel, np.float64)
         self._history: Deque[np.ndarray] = deque(maxlen=self.length)
         self._retrieved: Deque[np.ndarray] = deque(maxlen=self.length)
+        self._stamps: Deque[int] = deque(maxlen=self.length)  # header stamps of the recent frames (-1 = unknown)
+        self._map_stamps = np.zeros(0, np.int64)  # stamp of every map position, grown as the map grows
+        self._map_first = -1  # id at map position 0 when _map_stamps was built (a new map rebuilds it)
 
     def __len__(self) -> int:
         return len(self._history)
@@ -54,13 +59,58 @@ class SequenceMatcher:
         """Forget the recent frames (a new map, a jump in time)."""
         self._history.clear()
         self._retrieved.clear()
+        self._stamps.clear()
 
-    def push(self, descriptor: np.ndarray, positions: Sequence[int] = ()) -> None:
-        """Append the current frame's descriptor (unit-normalised here), step 0 of every sequence, and
-        the map positions its search retrieved."""
+    def push(self, descriptor: np.ndarray, positions: Sequence[int] = (), stamp_ns: int = -1) -> None:
+        """Append the current frame's descriptor (unit-normalised here), step 0 of every sequence, the
+        map positions its search retrieved, and its stamp (dropped frames then keep their place in time)."""
         d = np.asarray(descriptor, np.float32).reshape(-1)
         self._history.append(d / max(float(np.linalg.norm(d)), 1e-12))
         self._retrieved.append(np.asarray(positions, np.int64).reshape(-1))
+        self._stamps.append(int(stamp_ns))
+
+    def _period(self) -> float:
+        """The camera's frame period from the recent stamps (median gap); 0 when unknown or not increasing."""
+        st = np.asarray(self._stamps, np.int64)
+        if len(st) < 2 or (st < 0).any() or (np.diff(st) <= 0).any():
+            return 0.0
+        return float(np.median(np.diff(st)))
+
+    def _frames(self, db: "MapDatabase", period: float) -> Optional[np.ndarray]:
+        """Every map position's time in frame periods since the first keyframe (a dropped frame leaves a
+        gap), or None when the map's stamps do not increase (then positions are counted instead)."""
+        n = len(db)
+        first = db.keyframe_at(0).id if n else -1
+        if first != self._map_first or n < len(self._map_stamps):
+            self._map_stamps, self._map_first = np.zeros(0, np.int64), first
+        if n > len(self._map_stamps):
+            new = [db.keyframe_at(p).stamp_ns for p in range(len(self._map_stamps), n)]
+            self._map_stamps = np.concatenate([self._map_stamps, np.asarray(new, np.int64)])
+        st = self._map_stamps
+        if not len(st) or (np.diff(st) <= 0).any():
+            return None
+        return np.rint((st - st[0]) / period).astype(np.int64)
+
+    def _lines(self, db: "MapDatabase", ends: np.ndarray) -> np.ndarray:
+        """Map positions (E, V, n) of each sequence line: step l is `round(v * frames elapsed)` frames
+        before the end. Frames are counted in time on both sides when stamps allow, so frames dropped
+        from the query stream or the map do not bend the line (it would end a few places off);
+        with uniform stamps and no drops this is exactly `end - round(v * l)`."""
+        n = len(self._history)
+        rows = np.arange(n)
+        period = self._period()
+        frames = self._frames(db, period) if period > 0 else None
+        if frames is None:
+            offsets = np.rint(self.velocities[:, None] * rows[None, :]).astype(np.int64)  # (V, n)
+            return ends[:, None, None] - offsets[None, :, :]
+        st = np.asarray(list(self._stamps)[::-1], np.int64)  # row l = l frames back
+        steps = np.maximum.accumulate(np.maximum(np.rint((st[0] - st) / period).astype(np.int64), rows))
+        offsets = np.rint(self.velocities[:, None] * steps[None, :]).astype(np.int64)
+        target = frames[ends][:, None, None] - offsets[None, :, :]  # (E, V, n) frame numbers
+        hi = np.clip(np.searchsorted(frames, target), 0, len(frames) - 1)
+        lo = np.clip(hi - 1, 0, len(frames) - 1)
+        pos = np.where(np.abs(frames[lo] - target) <= np.abs(frames[hi] - target), lo, hi)
+        return np.where(target < frames[0], -1, pos)  # before the first keyframe: incomplete
 
     def hypotheses(self, map_size: int) -> np.ndarray:
         """Candidate sequence ends (sorted map positions): what each recent frame retrieved, moved
@@ -78,7 +128,8 @@ class SequenceMatcher:
     def score(self, db: "MapDatabase", end_positions: Sequence[int]) -> np.ndarray:
         """Sequence score of each map position as the end of the sequence (the current frame's match).
 
-        Step l (l frames back) is compared with the keyframe at `end - round(v * l)`. With a contrast
+        Step l (l frames back) is compared with the keyframe at `end - round(v * l)`, l and the map
+        counted in frame periods of time when stamps allow (`_lines`: dropped frames leave gaps). With a contrast
         window R > 0 each similarity is first standardised against the keyframes within R positions of
         it (SeqSLAM's local contrast enhancement): a place scores by how much it stands out from its
         neighbours, so a uniformly similar stretch (a snowy season, a look-alike corridor, a tunnel)
@@ -91,12 +142,11 @@ class SequenceMatcher:
             return np.zeros(len(ends), np.float32)
         hist = np.stack(list(self._history)[::-1])  # (n, D), row l = l frames back
         n, size = len(hist), len(db)
-        steps = np.arange(n)
-        offsets = np.rint(self.velocities[:, None] * steps[None, :]).astype(np.int64)  # (V, n)
-        pos = ends[:, None, None] - offsets[None, :, :]  # (E, V, n)
+        rows = np.arange(n)
+        pos = self._lines(db, ends)  # (E, V, n)
         complete = (pos >= 0).all(-1)  # (E, V)
         pos = np.clip(pos, 0, None)
-        pairs, inverse = np.unique(np.broadcast_to(steps, pos.shape) * size + pos, return_inverse=True)
+        pairs, inverse = np.unique(np.broadcast_to(rows, pos.shape) * size + pos, return_inverse=True)
         step_of, at = pairs // size, pairs % size  # each (step, keyframe) similarity computed once
         r = self.contrast_window
         window = np.clip(at[:, None] + np.arange(-r, r + 1)[None, :], 0, size - 1)  # (P, 2R+1), edges repeat
