@@ -1,0 +1,102 @@
+"""model.runtime: the onnxruntime backend gives eager torch's descriptors (max abs difference <= 1e-4 on
+unit-norm descriptors of real corridor images), caches its export, rebuilds a corrupt cache file, and
+says clearly what to install when its package is missing."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from vpr_core.config import ConfigError, config_from_dict, load_config
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+TOL = 1e-4  # max abs difference of unit-norm descriptors, onnxruntime vs eager torch
+
+
+def _cfg(tmp, **kw):
+    m = load_config().model
+    return dataclasses.replace(m, runtime="onnxruntime", runtime_cache=str(tmp), device="cpu", **kw)
+
+
+@pytest.fixture(scope="module")
+def onnx_extractor(default_model, tmp_path_factory):
+    from vpr_core.models import DescriptorExtractor
+    return DescriptorExtractor(_cfg(tmp_path_factory.mktemp("ort_cache")), default_model)
+
+
+def test_onnx_descriptors_equal_eager_torch(onnx_extractor, corridor_images, corridor_descriptors):
+    assert onnx_extractor.runtime.exported
+    got = onnx_extractor(corridor_images)
+    assert got.shape == corridor_descriptors.shape and got.dtype == np.float32
+    assert np.abs(got - corridor_descriptors).max() <= TOL
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # batch-1 (the node's path) matches too
+    one = onnx_extractor(corridor_images[:1])
+    assert np.abs(one[0] - corridor_descriptors[0]).max() <= TOL
+    assert onnx_extractor.extract(corridor_images[:2], with_local=True).local is None
+
+
+def test_cache_reused_then_corrupt_file_rebuilt(onnx_extractor, default_model, corridor_images,
+                                                corridor_descriptors):
+    from vpr_core.models import DescriptorExtractor
+    path = onnx_extractor.runtime.path
+    mtime = path.stat().st_mtime_ns
+    again = DescriptorExtractor(onnx_extractor.cfg, default_model)
+    assert again.runtime.path == path and not again.runtime.exported
+    assert path.stat().st_mtime_ns == mtime
+    path.write_bytes(b"not an onnx model")
+    fixed = DescriptorExtractor(onnx_extractor.cfg, default_model)
+    assert fixed.runtime.exported and path.stat().st_size > 1_000_000
+    assert np.abs(fixed(corridor_images[:4]) - corridor_descriptors[:4]).max() <= TOL
+    assert [p for p in os.listdir(path.parent) if p.endswith(".tmp")] == []
+
+
+def test_cache_key_follows_the_graph_not_the_label(tmp_path):
+    from vpr_core.models.runtimes import cache_key
+    base = _cfg(tmp_path)
+    assert cache_key(base, "onnx") == cache_key(dataclasses.replace(base, batch_size=1, device="auto"), "onnx")
+    other = dataclasses.replace(base, preprocess=dataclasses.replace(base.preprocess, image_size=[224, 224]))
+    assert cache_key(base, "onnx") != cache_key(other, "onnx")
+    assert cache_key(base, "onnx") != cache_key(dataclasses.replace(base, aggregator={"name": "gem", "p": 2.0}),
+                                                "onnx")
+
+
+def test_missing_package_is_a_clear_error(monkeypatch, default_model, tmp_path):
+    from vpr_core.models.runtimes import OnnxRuntime
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    with pytest.raises(ConfigError, match=r"model.runtime onnxruntime needs the onnxruntime package: "
+                                          r"pip install onnxruntime==1\.30\.0"):
+        OnnxRuntime(_cfg(tmp_path), default_model)
+
+
+def test_local_head_refused(tmp_path):
+    from torch import nn
+    from vpr_core.models.runtimes import check_exportable
+    m = nn.Module()
+    m.local_head = nn.Identity()
+    with pytest.raises(ConfigError, match="local head"):
+        check_exportable(m, "onnxruntime")
+
+
+def test_bad_runtime_name_refused_by_validation():
+    with pytest.raises(ConfigError, match=r"model\.runtime"):
+        config_from_dict({"model": {"runtime": "tensorrt"}})
+    assert config_from_dict({"model": {"runtime": "onnxruntime"}}).model.runtime == "onnxruntime"
+
+
+def test_cli_export_writes_a_loadable_file(tmp_path, corridor_images, corridor_descriptors, capsys):
+    import onnxruntime as ort
+    from vpr_core.cli import main
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--format", "onnx", "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    from vpr_core.models.preprocess import Preprocessor
+    pre = Preprocessor(load_config().model.preprocess, (0.5,) * 3, (0.5,) * 3)
+    got = sess.run(["global_desc"], {"images": pre(corridor_images[:3]).numpy()})[0]
+    assert np.abs(got - corridor_descriptors[:3]).max() <= TOL

@@ -1,0 +1,163 @@
+"""Inference runtimes selected by `model.runtime`: what runs the model's global-descriptor forward.
+
+- `torch`: eager PyTorch, channels-last, inference mode (the reference every other runtime is tested
+  against).
+- `onnxruntime`: the global forward exported once with torch.onnx.export at the configured input size
+  to a cache file keyed by the model config, the weights files (size + mtime) and the torch version, then
+  run with an onnxruntime CPU session whose intra-op thread count follows torch's (`runtime.threads`).
+  A cache file that does not load is exported again. Models with a local head are refused for now.
+
+A runtime is built by `build_runtime(cfg, model)` and called with a preprocessed (B,3,H,W) float32 CPU
+or device tensor; it returns (B,D) float32 unit-norm descriptors as numpy.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from vpr_core.config import ConfigError, ModelConfig
+from vpr_core.registry import Registry
+
+log = logging.getLogger(__name__)
+
+Runtime = Callable[[torch.Tensor], np.ndarray]
+RUNTIMES: Registry[Optional[Runtime]] = Registry("model runtime")
+ONNX_OPSET = 17
+# config keys that do not change the exported graph (so they stay out of the cache key)
+_KEY_IGNORED = ("name", "device", "precision", "batch_size", "runtime", "runtime_cache", "max_local_features")
+PIP_PINS = {"onnxruntime": "onnxruntime==1.30.0", "onnx": "onnx==1.23.1"}
+
+
+def _require(package: str, runtime: str):
+    """Import `package` or raise a ConfigError saying which pip install the runtime needs."""
+    import importlib
+    try:
+        return importlib.import_module(package)
+    except ImportError as exc:
+        raise ConfigError(f"model.runtime {runtime} needs the {package} package: pip install "
+                          f"{PIP_PINS.get(package, package)} (or set model.runtime: torch); import failed: {exc}"
+                          ) from None
+
+
+def cache_dir(cfg: ModelConfig) -> Path:
+    """`model.runtime_cache`, or $XDG_CACHE_HOME/vpr_ros (default ~/.cache/vpr_ros)."""
+    if cfg.runtime_cache:
+        return Path(cfg.runtime_cache).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vpr_ros"
+
+
+def _file_stamp(spec: str) -> dict:
+    if not spec:
+        return {}
+    from vpr_core.models.weights import resolve_checkpoint_path
+    try:
+        p = resolve_checkpoint_path(spec)
+        st = p.stat()
+        return {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    except (OSError, ValueError, ImportError):
+        return {"spec": spec}
+
+
+def cache_key(cfg: ModelConfig, fmt: str) -> str:
+    """Hash of what determines the exported graph: model config, weights files, torch version, format."""
+    data = {k: v for k, v in asdict(cfg).items() if k not in _KEY_IGNORED}
+    data["_weights"] = [_file_stamp(cfg.checkpoint), _file_stamp(cfg.trained_checkpoint)]
+    data["_torch"] = torch.__version__
+    data["_format"] = [fmt, ONNX_OPSET]
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def check_exportable(model: nn.Module, runtime: str) -> None:
+    if getattr(model, "local_head", None) is not None:
+        raise ConfigError(f"model.runtime {runtime} runs the global descriptor only and this model has a local "
+                          f"head (model.local_head); use model.runtime: torch for models with local features")
+
+
+def export_onnx(model: nn.Module, cfg: ModelConfig, out: Path) -> Path:
+    """Export the model's global forward (B,3,H,W) -> (B,D) at the configured input size to `out`
+    (written to a temporary file beside it, then renamed: never half-written)."""
+    _require("onnx", "onnxruntime")
+    check_exportable(model, "onnxruntime")
+    h, w = cfg.preprocess.image_size
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.zeros(1, 3, int(h), int(w), device=device)
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), tmp, input_names=["images"], output_names=["global_desc"],
+                              dynamic_axes={"images": {0: "batch"}, "global_desc": {0: "batch"}},
+                              opset_version=ONNX_OPSET, dynamo=False)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("exported %s to %s", cfg.name, out)
+    return out
+
+
+class OnnxRuntime:
+    """The global forward in an onnxruntime CPU session, exported to (or loaded from) the cache."""
+
+    def __init__(self, cfg: ModelConfig, model: nn.Module) -> None:
+        ort = _require("onnxruntime", "onnxruntime")
+        check_exportable(model, "onnxruntime")
+        self.path = cache_dir(cfg) / "onnx" / f"{cfg.name}-{cache_key(cfg, 'onnx')}.onnx"
+        self.exported = False  # True when this build exported (not a cache hit)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self._opts, self._ort = opts, ort
+        if not self.path.is_file():
+            export_onnx(model, cfg, self.path)
+            self.exported = True
+        try:
+            self.session = self._load()
+        except Exception as exc:  # noqa: BLE001 - a corrupt or stale cache file of any kind: export again
+            if self.exported:
+                raise
+            log.warning("cached ONNX model %s does not load (%s); exporting it again", self.path, exc)
+            export_onnx(model, cfg, self.path)
+            self.exported = True
+            self.session = self._load()
+
+    def _load(self):
+        return self._ort.InferenceSession(str(self.path), sess_options=self._opts,
+                                          providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).contiguous().numpy())
+        return self.session.run(["global_desc"], {"images": arr})[0].astype(np.float32, copy=False)
+
+
+@RUNTIMES.register("torch")
+def _torch_runtime(cfg: ModelConfig, model: nn.Module) -> Optional[Runtime]:
+    return None  # DescriptorExtractor's own eager path
+
+
+@RUNTIMES.register("onnxruntime")
+def _onnxruntime(cfg: ModelConfig, model: nn.Module) -> Optional[Runtime]:
+    return OnnxRuntime(cfg, model)
+
+
+def build_runtime(cfg: ModelConfig, model: nn.Module) -> Optional[Runtime]:
+    """The runtime `cfg.runtime` names; None = eager torch."""
+    return RUNTIMES.get(cfg.runtime)(cfg, model)
