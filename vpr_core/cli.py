@@ -70,7 +70,7 @@ def _export(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     t0 = time.perf_counter()
-    path = export_onnx(build_model(cfg.model), cfg.model, args.out)
+    path = export_onnx(build_model(cfg.model), cfg.model, args.out, who="vpr-core export")
     h, w = cfg.model.preprocess.image_size
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): input 'images' (B,3,{h},{w}) float32 after "
           f"vpr_core preprocessing, output 'global_desc' (B,D) unit norm; {time.perf_counter() - t0:.1f} s")
@@ -137,7 +137,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = sub.add_parser("export", help="export the configured model's global forward for other runtimes")
     p.add_argument("--config")
     p.add_argument("--format", choices=["onnx"], default="onnx",
-                   help="onnx (openvino: not yet; its converter reads this ONNX file)")
+                   help="onnx (OpenVINO reads this file as well: openvino.Core().read_model)")
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(fn=_export)
     p = sub.add_parser("map-info", help="validate a map file and summarise it")

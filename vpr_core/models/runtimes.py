@@ -6,6 +6,7 @@
   to a cache file keyed by the model config, the weights files (size + mtime) and the torch version, then
   run with an onnxruntime CPU session whose intra-op thread count follows torch's (`runtime.threads`).
   A cache file that does not load is exported again. Models with a local head are refused for now.
+- `openvino`: the same cached ONNX file compiled by OpenVINO for the CPU (fp32, threads as above).
 
 A runtime is built by `build_runtime(cfg, model)` and called with a preprocessed (B,3,H,W) float32 CPU
 or device tensor; it returns (B,D) float32 unit-norm descriptors as numpy.
@@ -36,17 +37,18 @@ RUNTIMES: Registry[Optional[Runtime]] = Registry("model runtime")
 ONNX_OPSET = 17
 # config keys that do not change the exported graph (so they stay out of the cache key)
 _KEY_IGNORED = ("name", "device", "precision", "batch_size", "runtime", "runtime_cache", "max_local_features")
-PIP_PINS = {"onnxruntime": "onnxruntime==1.30.0", "onnx": "onnx==1.23.1"}
+PIP_PINS = {"onnxruntime": "onnxruntime==1.30.0", "onnx": "onnx==1.23.1", "openvino": "openvino==2026.4.1"}
 
 
-def _require(package: str, runtime: str):
-    """Import `package` or raise a ConfigError saying which pip install the runtime needs."""
+def _require(package: str, runtime: str, who: str = ""):
+    """Import `package` or raise a ConfigError saying which pip install the runtime (or `who`) needs."""
     import importlib
     try:
         return importlib.import_module(package)
     except ImportError as exc:
-        raise ConfigError(f"model.runtime {runtime} needs the {package} package: pip install "
-                          f"{PIP_PINS.get(package, package)} (or set model.runtime: torch); import failed: {exc}"
+        raise ConfigError(f"{who or 'model.runtime ' + runtime} needs the {package} package: pip install "
+                          f"{PIP_PINS.get(package, package)}{'' if who else ' (or set model.runtime: torch)'}; "
+                          f"import failed: {exc}"
                           ) from None
 
 
@@ -85,11 +87,11 @@ def check_exportable(model: nn.Module, runtime: str) -> None:
                           f"head (model.local_head); use model.runtime: torch for models with local features")
 
 
-def export_onnx(model: nn.Module, cfg: ModelConfig, out: Path) -> Path:
+def export_onnx(model: nn.Module, cfg: ModelConfig, out: Path, runtime: str = "onnxruntime", who: str = "") -> Path:
     """Export the model's global forward (B,3,H,W) -> (B,D) at the configured input size to `out`
     (written to a temporary file beside it, then renamed: never half-written)."""
-    _require("onnx", "onnxruntime")
-    check_exportable(model, "onnxruntime")
+    _require("onnx", runtime, who)
+    check_exportable(model, runtime)
     h, w = cfg.preprocess.image_size
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -113,39 +115,72 @@ def export_onnx(model: nn.Module, cfg: ModelConfig, out: Path) -> Path:
     return out
 
 
-class OnnxRuntime:
-    """The global forward in an onnxruntime CPU session, exported to (or loaded from) the cache."""
+class _ExportedRuntime:
+    """The global forward exported to ONNX in the cache (or found there), loaded by a subclass's `_load`;
+    a cache file that does not load is exported again once."""
+
+    runtime = ""
+    package = ""
 
     def __init__(self, cfg: ModelConfig, model: nn.Module) -> None:
-        ort = _require("onnxruntime", "onnxruntime")
-        check_exportable(model, "onnxruntime")
+        self.mod = _require(self.package, self.runtime)
+        check_exportable(model, self.runtime)
         self.path = cache_dir(cfg) / "onnx" / f"{cfg.name}-{cache_key(cfg, 'onnx')}.onnx"
         self.exported = False  # True when this build exported (not a cache hit)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self._opts, self._ort = opts, ort
         if not self.path.is_file():
-            export_onnx(model, cfg, self.path)
+            export_onnx(model, cfg, self.path, self.runtime)
             self.exported = True
         try:
-            self.session = self._load()
+            self._load()
         except Exception as exc:  # noqa: BLE001 - a corrupt or stale cache file of any kind: export again
             if self.exported:
                 raise
             log.warning("cached ONNX model %s does not load (%s); exporting it again", self.path, exc)
-            export_onnx(model, cfg, self.path)
+            export_onnx(model, cfg, self.path, self.runtime)
             self.exported = True
-            self.session = self._load()
+            self._load()
 
-    def _load(self):
-        return self._ort.InferenceSession(str(self.path), sess_options=self._opts,
-                                          providers=["CPUExecutionProvider"])
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _numpy(x: torch.Tensor) -> np.ndarray:
+        return np.ascontiguousarray(x.detach().to("cpu", torch.float32).contiguous().numpy())
+
+
+class OnnxRuntime(_ExportedRuntime):
+    """onnxruntime CPU session, intra-op threads = torch's (runtime.threads)."""
+
+    runtime = package = "onnxruntime"
+
+    def _load(self) -> None:
+        ort = self.mod
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
-        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).contiguous().numpy())
-        return self.session.run(["global_desc"], {"images": arr})[0].astype(np.float32, copy=False)
+        return self.session.run(["global_desc"], {"images": self._numpy(x)})[0].astype(np.float32, copy=False)
+
+
+class OpenVinoRuntime(_ExportedRuntime):
+    """OpenVINO on CPU from the same cached ONNX file, fp32 inference, threads = torch's (runtime.threads)."""
+
+    runtime = package = "openvino"
+
+    def _load(self) -> None:
+        core = self.mod.Core()
+        model = core.read_model(str(self.path))
+        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                                                          "INFERENCE_PRECISION_HINT": "f32",
+                                                          "PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output(0)
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        return np.array(self.request.infer({0: self._numpy(x)})[self.output], dtype=np.float32)
 
 
 @RUNTIMES.register("torch")
@@ -156,6 +191,11 @@ def _torch_runtime(cfg: ModelConfig, model: nn.Module) -> Optional[Runtime]:
 @RUNTIMES.register("onnxruntime")
 def _onnxruntime(cfg: ModelConfig, model: nn.Module) -> Optional[Runtime]:
     return OnnxRuntime(cfg, model)
+
+
+@RUNTIMES.register("openvino")
+def _openvino(cfg: ModelConfig, model: nn.Module) -> Optional[Runtime]:
+    return OpenVinoRuntime(cfg, model)
 
 
 def build_runtime(cfg: ModelConfig, model: nn.Module) -> Optional[Runtime]:
