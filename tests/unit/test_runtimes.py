@@ -86,7 +86,7 @@ def test_local_head_refused(tmp_path):
 def test_bad_runtime_name_refused_by_validation():
     with pytest.raises(ConfigError, match=r"model\.runtime"):
         config_from_dict({"model": {"runtime": "tensorrt"}})
-    for name in ("torch", "onnxruntime", "openvino"):
+    for name in ("torch", "compile", "onnxruntime", "openvino"):
         assert config_from_dict({"model": {"runtime": name}}).model.runtime == name
 
 
@@ -132,3 +132,13 @@ def test_openvino_missing_package_is_a_clear_error(monkeypatch, default_model, t
     with pytest.raises(ConfigError, match=r"model.runtime openvino needs the openvino package: "
                                           r"pip install openvino==2026\.4\.1"):
         OpenVinoRuntime(_cfg(tmp_path), default_model)
+
+
+def test_compile_runtime_equals_eager_torch(default_model, corridor_images, corridor_descriptors):
+    """torch.compile, warmed up when built (about 40 s on one CPU core; cached by inductor afterwards)."""
+    from vpr_core.models import DescriptorExtractor
+    cfg = dataclasses.replace(load_config().model, runtime="compile", batch_size=1)
+    ex = DescriptorExtractor(cfg, default_model)
+    got = ex(corridor_images)  # batch 1, the size it was warmed up at: no compilation here
+    assert got.shape == corridor_descriptors.shape and got.dtype == np.float32
+    assert np.abs(got - corridor_descriptors).max() <= TOL
