@@ -56,14 +56,18 @@ def test_cache_reused_then_corrupt_file_rebuilt(onnx_extractor, default_model, c
     assert [p for p in os.listdir(path.parent) if p.endswith(".tmp")] == []
 
 
-def test_cache_key_follows_the_graph_not_the_label(tmp_path):
+def test_cache_key_follows_the_graph_and_weights_not_the_label(tmp_path):
+    import torch
     from vpr_core.models.runtimes import cache_key
-    base = _cfg(tmp_path)
-    assert cache_key(base, "onnx") == cache_key(dataclasses.replace(base, batch_size=1, device="auto"), "onnx")
+    base, model = _cfg(tmp_path), torch.nn.Linear(4, 3)
+    key = cache_key(base, "onnx", model)
+    assert key == cache_key(dataclasses.replace(base, batch_size=1, device="auto", name="x"), "onnx", model)
     other = dataclasses.replace(base, preprocess=dataclasses.replace(base.preprocess, image_size=[224, 224]))
-    assert cache_key(base, "onnx") != cache_key(other, "onnx")
-    assert cache_key(base, "onnx") != cache_key(dataclasses.replace(base, aggregator={"name": "gem", "p": 2.0}),
-                                                "onnx")
+    assert key != cache_key(other, "onnx", model)
+    assert key != cache_key(dataclasses.replace(base, aggregator={"name": "gem", "p": 2.0}), "onnx", model)
+    with torch.no_grad():
+        model.weight[0, 0] += 1e-3  # weights changed in memory (training, k-means centres): a new export
+    assert key != cache_key(base, "onnx", model)
 
 
 def test_missing_package_is_a_clear_error(monkeypatch, default_model, tmp_path):

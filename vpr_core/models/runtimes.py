@@ -5,7 +5,7 @@
 - `compile`: torch.compile (inductor) of the eager model, compiled and warmed up when built, not on the
   first frame. On this project's CPU it is no faster than eager (32 ms batch-1); it is meant for GPUs.
 - `onnxruntime`: the global forward exported once with torch.onnx.export at the configured input size
-  to a cache file keyed by the model config, the weights files (size + mtime) and the torch version, then
+  to a cache file keyed by the model config, a hash of the weights in memory and the torch version, then
   run with an onnxruntime CPU session whose intra-op thread count follows torch's (`runtime.threads`).
   A cache file that does not load is exported again. Models with a local head are refused for now.
 - `openvino`: the same cached ONNX file compiled by OpenVINO for the CPU (fp32, threads as above).
@@ -38,7 +38,8 @@ Runtime = Callable[[torch.Tensor], np.ndarray]
 RUNTIMES: Registry[Optional[Runtime]] = Registry("model runtime")
 ONNX_OPSET = 17
 # config keys that do not change the exported graph (so they stay out of the cache key)
-_KEY_IGNORED = ("name", "device", "precision", "batch_size", "runtime", "runtime_cache", "max_local_features")
+_KEY_IGNORED = ("name", "device", "precision", "batch_size", "runtime", "runtime_cache", "max_local_features",
+                "checkpoint", "checkpoint_format", "trained_checkpoint")  # the weights digest covers these
 PIP_PINS = {"onnxruntime": "onnxruntime==1.30.0", "onnx": "onnx==1.23.1", "openvino": "openvino==2026.4.1"}
 
 
@@ -62,22 +63,21 @@ def cache_dir(cfg: ModelConfig) -> Path:
     return Path(base) / "vpr_ros"
 
 
-def _file_stamp(spec: str) -> dict:
-    if not spec:
-        return {}
-    from vpr_core.models.weights import resolve_checkpoint_path
-    try:
-        p = resolve_checkpoint_path(spec)
-        st = p.stat()
-        return {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    except (OSError, ValueError, ImportError):
-        return {"spec": spec}
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of the model's parameters and buffers as they are in memory (names, shapes, dtypes, values):
+    the checkpoint files, trained weights and k-means centres all end up here (~30 ms for 5 M parameters)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
-def cache_key(cfg: ModelConfig, fmt: str) -> str:
-    """Hash of what determines the exported graph: model config, weights files, torch version, format."""
+def cache_key(cfg: ModelConfig, fmt: str, model: nn.Module) -> str:
+    """Hash of what determines the exported graph: model config, the weights in memory, torch version, format."""
     data = {k: v for k, v in asdict(cfg).items() if k not in _KEY_IGNORED}
-    data["_weights"] = [_file_stamp(cfg.checkpoint), _file_stamp(cfg.trained_checkpoint)]
+    data["_weights"] = weights_digest(model)
     data["_torch"] = torch.__version__
     data["_format"] = [fmt, ONNX_OPSET]
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -127,7 +127,7 @@ class _ExportedRuntime:
     def __init__(self, cfg: ModelConfig, model: nn.Module) -> None:
         self.mod = _require(self.package, self.runtime)
         check_exportable(model, self.runtime)
-        self.path = cache_dir(cfg) / "onnx" / f"{cfg.name}-{cache_key(cfg, 'onnx')}.onnx"
+        self.path = cache_dir(cfg) / "onnx" / f"{cfg.name}-{cache_key(cfg, 'onnx', model)}.onnx"
         self.exported = False  # True when this build exported (not a cache hit)
         if not self.path.is_file():
             export_onnx(model, cfg, self.path, self.runtime)
