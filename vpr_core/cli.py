@@ -6,7 +6,7 @@
     vpr-core cluster --config F --images DIR_OR_DATASET... --out F.pth
                                            k-means centres for a NetVLAD/ClusVPR aggregator, saved
                                            as a native (vpr_ros) checkpoint
-    vpr-core export --config F --format onnx --out F.onnx
+    vpr-core export --config F --format onnx|openvino --out F.onnx|F.xml
                                            the configured model's global forward as an ONNX file
                                            (input "images" (B,3,H,W) preprocessed, output "global_desc")
     vpr-core train --config config/train/F.yaml [key=value ...] [--resume auto|PATH]
@@ -66,13 +66,18 @@ def _extract(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from vpr_core.models import build_model
-    from vpr_core.models.runtimes import export_onnx
+    from vpr_core.models.runtimes import export_onnx, export_openvino
 
     cfg = load_config(args.config)
     t0 = time.perf_counter()
-    path = export_onnx(build_model(cfg.model), cfg.model, args.out, who="vpr-core export")
+    model = build_model(cfg.model)
+    if args.format == "openvino":
+        path = export_openvino(model, cfg.model, args.out)
+    else:
+        path = export_onnx(model, cfg.model, args.out, who="vpr-core export")
     h, w = cfg.model.preprocess.image_size
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): input 'images' (B,3,{h},{w}) float32 after "
+    mb = sum(p.stat().st_size for p in path.parent.glob(path.stem + ".*")) / 1e6
+    print(f"wrote {path} ({mb:.1f} MB): input 'images' (B,3,{h},{w}) float32 after "
           f"vpr_core preprocessing, output 'global_desc' (B,D) unit norm; {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -136,8 +141,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.set_defaults(fn=_extract)
     p = sub.add_parser("export", help="export the configured model's global forward for other runtimes")
     p.add_argument("--config")
-    p.add_argument("--format", choices=["onnx"], default="onnx",
-                   help="onnx (OpenVINO reads this file as well: openvino.Core().read_model)")
+    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx",
+                   help="onnx (F.onnx) or openvino (IR: F.xml + F.bin)")
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(fn=_export)
     p = sub.add_parser("map-info", help="validate a map file and summarise it")

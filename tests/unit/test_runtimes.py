@@ -146,3 +146,16 @@ def test_compile_runtime_equals_eager_torch(default_model, corridor_images, corr
     got = ex(corridor_images)  # batch 1, the size it was warmed up at: no compilation here
     assert got.shape == corridor_descriptors.shape and got.dtype == np.float32
     assert np.abs(got - corridor_descriptors).max() <= TOL
+
+
+def test_cli_export_openvino_ir(tmp_path, corridor_images, corridor_descriptors, capsys):
+    ov = pytest.importorskip("openvino")
+    from vpr_core.cli import main
+    from vpr_core.models.preprocess import Preprocessor
+    assert main(["export", "--format", "openvino", "--out", str(tmp_path / "m.xml")]) == 0
+    assert (tmp_path / "m.bin").is_file() and [p.name for p in tmp_path.iterdir()] != []
+    compiled = ov.Core().compile_model(str(tmp_path / "m.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    pre = Preprocessor(load_config().model.preprocess, (0.5,) * 3, (0.5,) * 3)
+    got = compiled(pre(corridor_images[:3]).numpy())[compiled.output(0)]
+    assert np.abs(got - corridor_descriptors[:3]).max() <= TOL
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]  # no temporary files left

@@ -117,6 +117,17 @@ def export_onnx(model: nn.Module, cfg: ModelConfig, out: Path, runtime: str = "o
     return out
 
 
+def export_openvino(model: nn.Module, cfg: ModelConfig, out: Path) -> Path:
+    """The ONNX export converted to OpenVINO IR: `out` (.xml) and the .bin beside it."""
+    ov = _require("openvino", "openvino", "vpr-core export --format openvino")
+    out = Path(out).with_suffix(".xml")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        onnx_path = export_onnx(model, cfg, Path(tmp) / "model.onnx", "openvino", "vpr-core export --format openvino")
+        ov.save_model(ov.Core().read_model(str(onnx_path)), str(out), compress_to_fp16=False)
+    return out
+
+
 class _ExportedRuntime:
     """The global forward exported to ONNX in the cache (or found there), loaded by a subclass's `_load`;
     a cache file that does not load is exported again once."""
