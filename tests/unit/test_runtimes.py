@@ -1,9 +1,11 @@
-"""model.runtime: the onnxruntime backend gives eager torch's descriptors (max abs difference <= 1e-4 on
-unit-norm descriptors of real corridor images), and so does openvino; onnxruntime caches its export, rebuilds a corrupt cache file, and
-says clearly what to install when its package is missing."""
+"""model.runtime: every runtime (torch.compile, onnxruntime, openvino) gives eager torch's descriptors within
+TOL (max abs difference on unit-norm descriptors of real corridor images); the exported runtimes cache their
+ONNX file (reused, a corrupt one rebuilt), take torch's thread count and say clearly what to install when
+their package is missing; `vpr-core export` writes files that load and give the same descriptors."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import sys
 
@@ -159,3 +161,20 @@ def test_cli_export_openvino_ir(tmp_path, corridor_images, corridor_descriptors,
     got = compiled(pre(corridor_images[:3]).numpy())[compiled.output(0)]
     assert np.abs(got - corridor_descriptors[:3]).max() <= TOL
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]  # no temporary files left
+
+
+def test_threads_follow_torch(onnx_extractor, default_model):
+    """runtime.threads sets torch's pool (vpr_core.runtime.apply_threads); the exported runtimes take the same."""
+    import torch
+    from vpr_core.models.runtimes import OnnxRuntime
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        rt = OnnxRuntime(onnx_extractor.cfg, default_model)
+        assert rt.session.get_session_options().intra_op_num_threads == 1
+        if importlib.util.find_spec("openvino") is not None:
+            from vpr_core.models.runtimes import OpenVinoRuntime
+            ov_rt = OpenVinoRuntime(onnx_extractor.cfg, default_model)
+            assert int(ov_rt.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+    finally:
+        torch.set_num_threads(before)
