@@ -152,6 +152,11 @@ class _ExportedRuntime:
             export_onnx(model, cfg, self.path, self.runtime)
             self.exported = True
             self._load()
+        h, w = cfg.preprocess.image_size
+        self(torch.zeros(1, 3, int(h), int(w)))  # warm-up: the first frame does not pay for allocations
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
 
     def _load(self) -> None:
         raise NotImplementedError
