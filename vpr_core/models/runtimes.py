@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import asdict
@@ -138,7 +139,8 @@ class _ExportedRuntime:
     def __init__(self, cfg: ModelConfig, model: nn.Module) -> None:
         self.mod = _require(self.package, self.runtime)
         check_exportable(model, self.runtime)
-        self.path = cache_dir(cfg) / "onnx" / f"{cfg.name}-{cache_key(cfg, 'onnx', model)}.onnx"
+        label = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.name)[:64]  # model.name is a free label
+        self.path = cache_dir(cfg) / "onnx" / f"{label}-{cache_key(cfg, 'onnx', model)}.onnx"
         self.exported = False  # True when this build exported (not a cache hit)
         if not self.path.is_file():
             export_onnx(model, cfg, self.path, self.runtime)
