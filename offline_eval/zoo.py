@@ -49,7 +49,8 @@ def _extractor(cfg: Config, ds: PlaceDataset) -> tuple[DescriptorExtractor, str]
     except (CheckpointError, ValueError) as exc:
         why = "random init (checkpoint not here)" if "not found" in str(exc) else f"random init ({exc})"
     model = build_model(cfg.model, load_checkpoint=False)
-    ex = DescriptorExtractor(replace(cfg.model, checkpoint=""), model)
+    # eager torch: the k-means centres below change the model after the extractor is built
+    ex = DescriptorExtractor(replace(cfg.model, checkpoint="", runtime="torch"), model)
     agg = model.aggregator
     if hasattr(agg, "init_from_clusters"):
         from vpr_core.clustering import sample_local_features, spherical_kmeans

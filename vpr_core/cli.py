@@ -6,6 +6,9 @@
     vpr-core cluster --config F --images DIR_OR_DATASET... --out F.pth
                                            k-means centres for a NetVLAD/ClusVPR aggregator, saved
                                            as a native (vpr_ros) checkpoint
+    vpr-core export --config F --format onnx|openvino --out F.onnx|F.xml
+                                           the configured model's global forward as an ONNX file
+                                           (input "images" (B,3,H,W) preprocessed, output "global_desc")
     vpr-core train --config config/train/F.yaml [key=value ...] [--resume auto|PATH]
                                            train with one of the seeds' schemes; writes checkpoints,
                                            log.csv and model.yaml (load it with --config) under runs/
@@ -59,6 +62,24 @@ def _extract(args: argparse.Namespace) -> int:
     np.save(args.out, descs)
     print(f"wrote {descs.shape[0]} x {descs.shape[1]} descriptors to {args.out} ({bad} unreadable images skipped)")
     return 0 if not bad else 3
+
+
+def _export(args: argparse.Namespace) -> int:
+    from vpr_core.models import build_model
+    from vpr_core.models.runtimes import export_onnx, export_openvino
+
+    cfg = load_config(args.config)
+    t0 = time.perf_counter()
+    model = build_model(cfg.model)
+    if args.format == "openvino":
+        path = export_openvino(model, cfg.model, args.out)
+    else:
+        path = export_onnx(model, cfg.model, args.out, who="vpr-core export")
+    h, w = cfg.model.preprocess.image_size
+    mb = sum(p.stat().st_size for p in path.parent.glob(path.stem + ".*")) / 1e6
+    print(f"wrote {path} ({mb:.1f} MB): input 'images' (B,3,{h},{w}) float32 after "
+          f"vpr_core preprocessing, output 'global_desc' (B,D) unit norm; {time.perf_counter() - t0:.1f} s")
+    return 0
 
 
 def _map_info(args: argparse.Namespace) -> int:
@@ -118,6 +139,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--config")
     p.set_defaults(fn=_extract)
+    p = sub.add_parser("export", help="export the configured model's global forward for other runtimes")
+    p.add_argument("--config")
+    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx",
+                   help="onnx (F.onnx) or openvino (IR: F.xml + F.bin)")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(fn=_export)
     p = sub.add_parser("map-info", help="validate a map file and summarise it")
     p.add_argument("map", type=Path)
     p.set_defaults(fn=_map_info)

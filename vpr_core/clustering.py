@@ -180,7 +180,7 @@ def cluster_model(cfg: ModelConfig, sources: Sequence[Union[str, Path]], cluster
     ckpt = load_backbone_weights(model, spec, backbone_format or cfg.checkpoint_format)
     if model.head is not None or model.local_head is not None:
         log.warning("cluster: the model's head/local head keeps its random initialisation in the saved checkpoint")
-    extractor = DescriptorExtractor(replace(cfg, precision="fp32"), model)
+    extractor = DescriptorExtractor(replace(cfg, precision="fp32", runtime="torch"), model)  # backbone features
     normalize = bool(getattr(agg, "normalize_input", True))
     sample, used, skipped = sample_local_features(extractor, paths, per_image, seed=seed, normalize=normalize,
                                                   progress=progress)

@@ -63,6 +63,7 @@ CONFIG_RULES: Dict[str, Rule] = {
     "model.device": Rule(lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None, "auto, cpu, cuda or cuda:N"),
     "model.precision": _one_of(*PRECISIONS),
     "model.batch_size": _between(1, 1024),
+    "model.runtime": _registered("vpr_core.models.runtimes", "RUNTIMES"),
     "model.preprocess.image_size": Rule(_image_size, f"[height, width], each 8..8192, at most {MAX_INPUT_PIXELS} "
                                                      f"pixels in all"),
     "model.preprocess.mean": Rule(_numbers(3), "three finite numbers, or [] for the model's own"),

@@ -123,6 +123,8 @@ class DescriptorExtractor:
         if self.device.type != "cuda":
             self.dtype = torch.float32  # half precision on CPU is slower and less accurate
         self.model.to(self.device, memory_format=torch.channels_last).eval()
+        from vpr_core.models.runtimes import build_runtime
+        self.runtime = build_runtime(cfg, self.model)  # None = eager torch (below)
 
     @property
     def dim(self) -> int:
@@ -144,6 +146,9 @@ class DescriptorExtractor:
         in_h, in_w = self.preprocess.height, self.preprocess.width
         for i in range(0, len(images), bs):
             batch = images[i:i + bs]
+            if self.runtime is not None:  # global descriptors only (runtimes refuse local heads)
+                out.append(self.runtime(self.preprocess(batch)))
+                continue
             x = self.preprocess(batch).to(self.device, memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                 if local is None:

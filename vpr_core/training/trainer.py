@@ -10,7 +10,7 @@ import os
 import random
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -93,7 +93,8 @@ class Trainer:
         if use_cache and not frozen_backbone:
             raise ConfigError("cache_features: true needs a frozen backbone (no trainable entry may name a "
                               "backbone parameter)")
-        self.extractor = DescriptorExtractor(self.model_cfg.model, self.model)
+        # eager torch whatever model.runtime says: an exported copy would not follow the training
+        self.extractor = DescriptorExtractor(replace(self.model_cfg.model, runtime="torch"), self.model)
         self.device = self.extractor.device
         for m in self.scheme.modules().values():
             m.to(self.device)

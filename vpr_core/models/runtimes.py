@@ -1,0 +1,250 @@
+"""Inference runtimes selected by `model.runtime`: what runs the model's global-descriptor forward.
+
+- `torch`: eager PyTorch, channels-last, inference mode (the reference every other runtime is tested
+  against).
+- `compile`: torch.compile (inductor) of the eager model, compiled and warmed up when built, not on the
+  first frame. On this project's CPU it is no faster than eager (32 ms batch-1); it is meant for GPUs.
+- `onnxruntime`: the global forward exported once with torch.onnx.export at the configured input size
+  to a cache file keyed by the model config, a hash of the weights in memory and the torch version, then
+  run with an onnxruntime CPU session whose intra-op thread count follows torch's (`runtime.threads`).
+  A cache file that does not load is exported again. Models with a local head are refused for now.
+- `openvino`: the same cached ONNX file compiled by OpenVINO for the CPU (fp32, threads as above).
+
+A runtime is built by `build_runtime(cfg, model)` and called with a preprocessed (B,3,H,W) float32 CPU
+or device tensor; it returns (B,D) float32 unit-norm descriptors as numpy.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from vpr_core.config import ConfigError, ModelConfig
+from vpr_core.registry import Registry
+
+log = logging.getLogger(__name__)
+
+Runtime = Callable[[torch.Tensor], np.ndarray]
+RUNTIMES: Registry[Optional[Runtime]] = Registry("model runtime")
+ONNX_OPSET = 17
+# config keys that do not change the exported graph (so they stay out of the cache key)
+_KEY_IGNORED = ("name", "device", "precision", "batch_size", "runtime", "runtime_cache", "max_local_features",
+                "checkpoint", "checkpoint_format", "trained_checkpoint")  # the weights digest covers these
+PIP_PINS = {"onnxruntime": "onnxruntime==1.30.0", "onnx": "onnx==1.23.1", "openvino": "openvino==2026.4.1"}
+
+
+def _require(package: str, runtime: str, who: str = ""):
+    """Import `package` or raise a ConfigError saying which pip install the runtime (or `who`) needs."""
+    import importlib
+    try:
+        return importlib.import_module(package)
+    except ImportError as exc:
+        raise ConfigError(f"{who or 'model.runtime ' + runtime} needs the {package} package: pip install "
+                          f"{PIP_PINS.get(package, package)}{'' if who else ' (or set model.runtime: torch)'}; "
+                          f"import failed: {exc}"
+                          ) from None
+
+
+def cache_dir(cfg: ModelConfig) -> Path:
+    """`model.runtime_cache`, or $XDG_CACHE_HOME/vpr_ros (default ~/.cache/vpr_ros)."""
+    if cfg.runtime_cache:
+        return Path(cfg.runtime_cache).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vpr_ros"
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of the model's parameters and buffers as they are in memory (names, shapes, dtypes, values):
+    the checkpoint files, trained weights and k-means centres all end up here (~30 ms for 5 M parameters)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cache_key(cfg: ModelConfig, fmt: str, model: nn.Module) -> str:
+    """Hash of what determines the exported graph: model config, the weights in memory, torch version, format."""
+    data = {k: v for k, v in asdict(cfg).items() if k not in _KEY_IGNORED}
+    data["_weights"] = weights_digest(model)
+    data["_torch"] = torch.__version__
+    data["_format"] = [fmt, ONNX_OPSET]
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def check_exportable(model: nn.Module, runtime: str) -> None:
+    if getattr(model, "local_head", None) is not None:
+        raise ConfigError(f"model.runtime {runtime} runs the global descriptor only and this model has a local "
+                          f"head (model.local_head); use model.runtime: torch for models with local features")
+
+
+def export_onnx(model: nn.Module, cfg: ModelConfig, out: Path, runtime: str = "onnxruntime", who: str = "") -> Path:
+    """Export the model's global forward (B,3,H,W) -> (B,D) at the configured input size to `out`
+    (written to a temporary file beside it, then renamed: never half-written)."""
+    _require("onnx", runtime, who)
+    check_exportable(model, runtime)
+    h, w = cfg.preprocess.image_size
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.zeros(1, 3, int(h), int(w), device=device)
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), tmp, input_names=["images"], output_names=["global_desc"],
+                              dynamic_axes={"images": {0: "batch"}, "global_desc": {0: "batch"}},
+                              opset_version=ONNX_OPSET, dynamo=False)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("exported %s to %s", cfg.name, out)
+    return out
+
+
+def export_openvino(model: nn.Module, cfg: ModelConfig, out: Path) -> Path:
+    """The ONNX export converted to OpenVINO IR: `out` (.xml) and the .bin beside it."""
+    ov = _require("openvino", "openvino", "vpr-core export --format openvino")
+    out = Path(out).with_suffix(".xml")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        onnx_path = export_onnx(model, cfg, Path(tmp) / "model.onnx", "openvino", "vpr-core export --format openvino")
+        ov.save_model(ov.Core().read_model(str(onnx_path)), str(out), compress_to_fp16=False)
+    return out
+
+
+class _ExportedRuntime:
+    """The global forward exported to ONNX in the cache (or found there), loaded by a subclass's `_load`;
+    a cache file that does not load is exported again once."""
+
+    runtime = ""
+    package = ""
+
+    def __init__(self, cfg: ModelConfig, model: nn.Module) -> None:
+        self.mod = _require(self.package, self.runtime)
+        check_exportable(model, self.runtime)
+        label = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.name)[:64]  # model.name is a free label
+        self.path = cache_dir(cfg) / "onnx" / f"{label}-{cache_key(cfg, 'onnx', model)}.onnx"
+        self.exported = False  # True when this build exported (not a cache hit)
+        if not self.path.is_file():
+            export_onnx(model, cfg, self.path, self.runtime)
+            self.exported = True
+        try:
+            self._load()
+        except Exception as exc:  # noqa: BLE001 - a corrupt or stale cache file of any kind: export again
+            if self.exported:
+                raise
+            log.warning("cached ONNX model %s does not load (%s); exporting it again", self.path, exc)
+            export_onnx(model, cfg, self.path, self.runtime)
+            self.exported = True
+            self._load()
+        h, w = cfg.preprocess.image_size
+        self(torch.zeros(1, 3, int(h), int(w)))  # warm-up: the first frame does not pay for allocations
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _numpy(x: torch.Tensor) -> np.ndarray:
+        return np.ascontiguousarray(x.detach().to("cpu", torch.float32).contiguous().numpy())
+
+
+class OnnxRuntime(_ExportedRuntime):
+    """onnxruntime CPU session, intra-op threads = torch's (runtime.threads)."""
+
+    runtime = package = "onnxruntime"
+
+    def _load(self) -> None:
+        ort = self.mod
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        return self.session.run(["global_desc"], {"images": self._numpy(x)})[0].astype(np.float32, copy=False)
+
+
+class OpenVinoRuntime(_ExportedRuntime):
+    """OpenVINO on CPU from the same cached ONNX file, fp32 inference, threads = torch's (runtime.threads)."""
+
+    runtime = package = "openvino"
+
+    def _load(self) -> None:
+        core = self.mod.Core()
+        model = core.read_model(str(self.path))
+        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                                                          "INFERENCE_PRECISION_HINT": "f32",
+                                                          "PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output(0)
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        return np.array(self.request.infer({0: self._numpy(x)})[self.output], dtype=np.float32)
+
+
+class CompiledRuntime:
+    """torch.compile of the global forward (inductor), warmed up here at batch 1 and the configured input size
+    so the first frame does not pay for compilation (about 40 s for EfficientNet-Lite0 on one CPU core); a
+    new batch size compiles once more, after which dynamo treats the batch as dynamic."""
+
+    def __init__(self, cfg: ModelConfig, model: nn.Module) -> None:
+        check_exportable(model, "compile")
+        param = next(model.parameters(), None)
+        self.device = param.device if param is not None else torch.device("cpu")
+        half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.precision)
+        self.dtype = half if (half is not None and self.device.type == "cuda") else torch.float32
+        self.fn = torch.compile(model)
+        h, w = cfg.preprocess.image_size
+        self(torch.zeros(1, 3, int(h), int(w)))
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        x = x.to(self.device, memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            return self.fn(x).float().cpu().numpy()
+
+
+@RUNTIMES.register("torch")
+def _torch_runtime(cfg: ModelConfig, model: nn.Module) -> Optional[Runtime]:
+    return None  # DescriptorExtractor's own eager path
+
+
+@RUNTIMES.register("compile")
+def _compile(cfg: ModelConfig, model: nn.Module) -> Optional[Runtime]:
+    return CompiledRuntime(cfg, model)
+
+
+@RUNTIMES.register("onnxruntime")
+def _onnxruntime(cfg: ModelConfig, model: nn.Module) -> Optional[Runtime]:
+    return OnnxRuntime(cfg, model)
+
+
+@RUNTIMES.register("openvino")
+def _openvino(cfg: ModelConfig, model: nn.Module) -> Optional[Runtime]:
+    return OpenVinoRuntime(cfg, model)
+
+
+def build_runtime(cfg: ModelConfig, model: nn.Module) -> Optional[Runtime]:
+    """The runtime `cfg.runtime` names; None = eager torch."""
+    return RUNTIMES.get(cfg.runtime)(cfg, model)
