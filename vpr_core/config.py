@@ -168,6 +168,9 @@ class RuntimeConfig:
     threads: int = 0
     search_threads: int = 1  # FAISS OpenMP threads: one query's search cannot fill a pool (0 = FAISS default)
     opencv_threads: int = 1  # OpenCV's pool for resizing, decoding and matching (0 = OpenCV default)
+    # numpy's OpenBLAS threads (the decision's small matrix products): a wider pool stays spinning and slows the
+    # next forward pass (onnxruntime p95 72 -> 19 ms with 1); 0 = OpenBLAS default
+    blas_threads: int = 1
 
 
 @dataclass

@@ -125,6 +125,7 @@ CONFIG_RULES: Dict[str, Rule] = {
     "runtime.threads": _between(0, 256, "0 = auto, a quarter of the cores"),
     "runtime.search_threads": _between(0, 256, "0 = FAISS default"),
     "runtime.opencv_threads": _between(0, 256, "0 = OpenCV default"),
+    "runtime.blas_threads": _between(0, 256, "0 = OpenBLAS default"),
     # relative-pose thresholds (vpr_core.geometry.pose.PoseConfig, which checks some pairs itself)
     "pose.min_inliers": _between(5, 1_000_000, "the 5-point solver's sample at least"),
     "pose.ransac_px": Rule(lambda v: 0.0 < v <= 1000.0, "in (0, 1000] pixels"),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import cv2
 import faiss
 import torch
+from threadpoolctl import ThreadpoolController
 
 from vpr_core.config import RuntimeConfig
 
@@ -21,10 +22,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Threads:
-    """The thread counts in effect after `apply_threads`."""
+    """The thread counts in effect after `apply_threads` (blas: numpy's OpenBLAS, -1 = none loaded)."""
     torch: int
     search: int
     opencv: int
+    blas: int = -1
 
 
 def auto_threads(cpus: int | None = None) -> int:
@@ -35,12 +37,18 @@ def auto_threads(cpus: int | None = None) -> int:
 
 
 def apply_threads(cfg: RuntimeConfig) -> Threads:
-    """Set torch's intra-op, FAISS's OpenMP and OpenCV's thread counts for this process (process-wide)."""
+    """Set numpy's OpenBLAS, torch's intra-op, FAISS's OpenMP and OpenCV's thread counts (process-wide)."""
+    # OpenBLAS first: an OpenMP build sets the OpenMP default as it goes, which the counts below then override
+    if cfg.blas_threads:
+        ThreadpoolController().select(internal_api="openblas").limit(limits=cfg.blas_threads)
     torch.set_num_threads(cfg.threads or auto_threads())
     if cfg.search_threads:
         faiss.omp_set_num_threads(cfg.search_threads)
     if cfg.opencv_threads:
         cv2.setNumThreads(cfg.opencv_threads)
-    applied = Threads(torch.get_num_threads(), faiss.omp_get_max_threads(), cv2.getNumThreads())
-    log.info("threads: torch %d, faiss %d, opencv %d", applied.torch, applied.search, applied.opencv)
+    counts = [i["num_threads"] for i in ThreadpoolController().select(internal_api="openblas").info()]
+    applied = Threads(torch.get_num_threads(), faiss.omp_get_max_threads(), cv2.getNumThreads(),
+                      min(counts) if counts else -1)
+    log.info("threads: torch %d, faiss %d, opencv %d, openblas %d", applied.torch, applied.search, applied.opencv,
+             applied.blas)
     return applied

@@ -34,6 +34,20 @@ def test_apply_sets_every_library(restore_threads):
     assert apply_threads(RuntimeConfig(threads=0)).torch == auto_threads()
 
 
+def test_numpy_blas_pool_is_capped(restore_threads):
+    from threadpoolctl import ThreadpoolController
+
+    blas = ThreadpoolController().select(internal_api="openblas")
+    before = [i["num_threads"] for i in blas.info()]
+    try:
+        got = apply_threads(RuntimeConfig(threads=1, blas_threads=1))
+        assert got.blas == 1
+        assert all(i["num_threads"] == 1 for i in ThreadpoolController().select(internal_api="openblas").info())
+    finally:
+        if before:
+            blas.limit(limits=max(before))
+
+
 def test_the_pipeline_applies_the_configured_counts(restore_threads, default_extractor):
     from vpr_core.pipeline import PlaceRecognizer
 
@@ -43,7 +57,7 @@ def test_the_pipeline_applies_the_configured_counts(restore_threads, default_ext
 
 
 @pytest.mark.parametrize("key, value", [("runtime.threads", -1), ("runtime.search_threads", 1000),
-                                        ("runtime.opencv_threads", 1.5)])
+                                        ("runtime.opencv_threads", 1.5), ("runtime.blas_threads", -2)])
 def test_bad_thread_counts_are_refused(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(overrides={key: value})
