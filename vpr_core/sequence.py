@@ -41,6 +41,7 @@ class SequenceMatcher:
         self._stamps: Deque[int] = deque(maxlen=self.length)  # header stamps of the recent frames (-1 = unknown)
         self._map_stamps = np.zeros(0, np.int64)  # stamp of every map position, grown as the map grows
         self._map_first = -1  # id at map position 0 when _map_stamps was built (a new map rebuilds it)
+        self._map_increasing = True  # the map's stamps strictly increase (else positions are counted)
 
     def __len__(self) -> int:
         return len(self._history)
@@ -82,12 +83,14 @@ class SequenceMatcher:
         n = len(db)
         first = db.keyframe_at(0).id if n else -1
         if first != self._map_first or n < len(self._map_stamps):
-            self._map_stamps, self._map_first = np.zeros(0, np.int64), first
-        if n > len(self._map_stamps):
-            new = [db.keyframe_at(p).stamp_ns for p in range(len(self._map_stamps), n)]
-            self._map_stamps = np.concatenate([self._map_stamps, np.asarray(new, np.int64)])
+            self._map_stamps, self._map_first, self._map_increasing = np.zeros(0, np.int64), first, True
+        if n > len(self._map_stamps):  # only the new keyframes are read and checked (this runs every frame)
+            new = np.asarray([db.keyframe_at(p).stamp_ns for p in range(len(self._map_stamps), n)], np.int64)
+            joined = np.concatenate([self._map_stamps[-1:], new])
+            self._map_increasing = self._map_increasing and bool((np.diff(joined) > 0).all())
+            self._map_stamps = np.concatenate([self._map_stamps, new])
         st = self._map_stamps
-        if not len(st) or (np.diff(st) <= 0).any():
+        if not len(st) or not self._map_increasing:
             return None
         return np.rint((st - st[0]) / period).astype(np.int64)
 
