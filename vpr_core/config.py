@@ -280,16 +280,20 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
 
 
 
+def read_yaml(path: Path, what: str = "config file") -> Any:
+    """A YAML file's contents ({} when empty); a missing or malformed file is a ConfigError naming `what`."""
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+
+
 def load_config(source: Union[str, Path, None] = None, overrides: Mapping[str, Any] | None = None) -> Config:
     """Load a YAML config (default: the packaged `config/default.yaml`), then apply dotted overrides."""
     path = Path(source) if source else default_config_path()
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    data = unwrap_ros_params(data)
+    data = unwrap_ros_params(read_yaml(path))
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {path} must hold a mapping of sections (model, map, detector, node), "
                           f"got {type(data).__name__}")

@@ -39,14 +39,15 @@ def auto_threads(cpus: int | None = None) -> int:
 def apply_threads(cfg: RuntimeConfig) -> Threads:
     """Set numpy's OpenBLAS, torch's intra-op, FAISS's OpenMP and OpenCV's thread counts (process-wide)."""
     # OpenBLAS first: an OpenMP build sets the OpenMP default as it goes, which the counts below then override
+    blas = ThreadpoolController().select(internal_api="openblas")  # numpy's; torch's own BLAS is not touched
     if cfg.blas_threads:
-        ThreadpoolController().select(internal_api="openblas").limit(limits=cfg.blas_threads)
+        blas.limit(limits=cfg.blas_threads)
     torch.set_num_threads(cfg.threads or auto_threads())
     if cfg.search_threads:
         faiss.omp_set_num_threads(cfg.search_threads)
     if cfg.opencv_threads:
         cv2.setNumThreads(cfg.opencv_threads)
-    counts = [i["num_threads"] for i in ThreadpoolController().select(internal_api="openblas").info()]
+    counts = [i["num_threads"] for i in blas.info()]
     applied = Threads(torch.get_num_threads(), faiss.omp_get_max_threads(), cv2.getNumThreads(),
                       min(counts) if counts else -1)
     log.info("threads: torch %d, faiss %d, opencv %d, openblas %d", applied.torch, applied.search, applied.opencv,

@@ -17,7 +17,7 @@ from torch import nn
 from vpr_core.models.formats import CHECKPOINT_FORMATS, CheckpointError, MappedState, unwrap_state_dict
 
 __all__ = ["CHECKPOINT_FORMATS", "CheckpointError", "MappedState", "check_and_load", "load_weights", "read_checkpoint",
-           "resolve_checkpoint_path", "save_checkpoint", "state_fingerprint", "unwrap_state_dict"]
+           "resolve_checkpoint_path", "save_atomic", "save_checkpoint", "state_fingerprint", "unwrap_state_dict"]
 
 
 def resolve_checkpoint_path(spec: str) -> Path:
@@ -67,13 +67,11 @@ def _describe(keys: List[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def check_and_load(model: nn.Module, mapped: MappedState, source: str) -> None:
-    """Load `mapped` into `model`, requiring an exact key and shape match over the covered part."""
-    own = {k: v for k, v in model.state_dict().items() if k.startswith(mapped.covers)}
-    missing = sorted(set(own) - set(mapped.state))
-    unexpected = sorted(set(mapped.state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(mapped.state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(mapped.state)) if mapped.state[k].shape != own[k].shape]
+def _require_fit(what: str, state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor],
+                 missing: List[str], unexpected: List[str]) -> None:
+    """Raise one CheckpointError listing missing and unexpected keys and shape mismatches (`what` names the file)."""
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
     problems: List[str] = []
     if missing:
         problems.append(f"{len(missing)} missing key(s): {_describe(missing)}")
@@ -82,7 +80,14 @@ def check_and_load(model: nn.Module, mapped: MappedState, source: str) -> None:
     if shapes:
         problems.append(f"{len(shapes)} shape mismatch(es): {_describe(shapes, 4)}")
     if problems:
-        raise CheckpointError(f"checkpoint {source} does not fit the model: " + "; ".join(problems))
+        raise CheckpointError(f"{what} does not fit the model: " + "; ".join(problems))
+
+
+def check_and_load(model: nn.Module, mapped: MappedState, source: str) -> None:
+    """Load `mapped` into `model`, requiring an exact key and shape match over the covered part."""
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(mapped.covers)}
+    _require_fit(f"checkpoint {source}", mapped.state, own, sorted(set(own) - set(mapped.state)),
+                 sorted(set(mapped.state) - set(own)))
     model.load_state_dict(mapped.state, strict=not mapped.covers)
 
 
@@ -104,28 +109,28 @@ def load_trained_weights(model: nn.Module, spec: str) -> Path:
     if not isinstance(covers, list):  # [] = single tensors (e.g. adapters): no module must be complete
         covers = sorted({k.split(".", 1)[0] + "." for k in state})
     own = model.state_dict()
-    unexpected = sorted(k for k in state if k not in own)
-    missing = sorted(k for k in own if covers and k.startswith(tuple(covers)) and k not in state)
-    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
-              if k in own and v.shape != own[k].shape]
-    problems = [f"{len(x)} {what}: {_describe(x)}" for x, what in
-                ((missing, "missing key(s)"), (unexpected, "unexpected key(s)"), (shapes, "shape mismatch(es)")) if x]
-    if problems:
-        raise CheckpointError(f"trained checkpoint {path} does not fit the model (covers {covers}): " + "; ".join(problems))
+    _require_fit(f"trained checkpoint {path} (covers {covers})", state, own,
+                 sorted(k for k in own if covers and k.startswith(tuple(covers)) and k not in state),
+                 sorted(k for k in state if k not in own))
     model.load_state_dict(state, strict=False)
     return path
 
 
-def save_checkpoint(model: nn.Module, path: Path, extra: Mapping[str, Any] | None = None) -> None:
-    """Write our native layout atomically (tmp file + rename)."""
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save through a temporary file and a rename: a crash mid-write keeps the previous file."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"state_dict": model.state_dict(), **(extra or {})}, tmp)
+    torch.save(obj, tmp)
     try:
         tmp.replace(path)
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def save_checkpoint(model: nn.Module, path: Path, extra: Mapping[str, Any] | None = None) -> None:
+    """Write our native layout atomically (tmp file + rename)."""
+    save_atomic({"state_dict": model.state_dict(), **(extra or {})}, path)
 
 
 def state_fingerprint(model: nn.Module) -> Tuple[int, float]:

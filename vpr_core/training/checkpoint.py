@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fnmatch
 import random
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
@@ -13,7 +12,7 @@ import torch
 from torch import nn
 
 from vpr_core.config import Config, config_from_dict, set_dotted, write_params_file
-from vpr_core.models.weights import CheckpointError
+from vpr_core.models.weights import CheckpointError, save_atomic
 
 
 def rng_state() -> Dict[str, Any]:
@@ -29,14 +28,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_state(path: Path, state: Dict[str, Any]) -> None:
-    """Atomic write (temporary file + rename): a crash mid-save keeps the previous checkpoint."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
 
 
 def load_state(path: Path) -> Dict[str, Any]:
@@ -71,10 +62,10 @@ def export_model(model: nn.Module, prefixes: List[str], model_cfg: Config, run_d
     weights = run_dir / f"{tag}.pth"
     state = covered_keys(model, prefixes)
     covers = [p.rstrip(".") + "." for p in prefixes if not any(c in p for c in "*?[")]  # whole modules
-    save_state(weights, {"state_dict": state, "vpr_ros_covers": covers})
+    save_atomic({"state_dict": state, "vpr_ros_covers": covers}, weights)
     data = model_cfg.to_dict()
     data["model"]["trained_checkpoint"] = str(weights.resolve())
     for dotted, value in produced.items():
         set_dotted(data, dotted, value)
     cfg = config_from_dict(data)  # validated, as the node would
-    return write_params_file(replace(cfg), run_dir / f"{tag}.yaml")
+    return write_params_file(cfg, run_dir / f"{tag}.yaml")

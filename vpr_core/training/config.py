@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import yaml
 
-from vpr_core.config import ConfigError, _build, set_dotted
+from vpr_core.config import ConfigError, _build, read_yaml, set_dotted
 
 
 @dataclass
@@ -144,12 +144,7 @@ def train_config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
 def load_train_config(source: Union[str, Path], overrides: Optional[Mapping[str, Any]] = None) -> TrainConfig:
     """Read a training YAML and apply dotted overrides (`optim.lr`, `scheme.loss`, `data.train`)."""
     path = Path(source)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"training config not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"training config {path} is not valid YAML: {exc}") from None
+    data = read_yaml(path, "training config")
     if not isinstance(data, Mapping):
         raise ConfigError(f"training config {path} must hold a mapping")
     data = dict(data)

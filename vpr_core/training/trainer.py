@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from vpr_core.config import ConfigError, load_config
 from vpr_core.models.vpr_model import DescriptorExtractor, build_model
-from vpr_core.models.weights import load_trained_weights
-from vpr_core.training.checkpoint import export_model, is_trained, load_state, rng_state, save_state, set_rng_state
+from vpr_core.models.weights import load_trained_weights, save_atomic
+from vpr_core.training.checkpoint import export_model, is_trained, load_state, rng_state, set_rng_state
 from vpr_core.training.config import TrainConfig
 from vpr_core.training.data import check_gap, split_dataset
 from vpr_core.training.distributed import Distributed
@@ -212,7 +212,7 @@ class Trainer:
 
     def _save(self, name: str) -> None:
         if self.dist.is_main:
-            save_state(self.run_dir / name, self._state())
+            save_atomic(self._state(), self.run_dir / name)
 
     # ---- the loop --------------------------------------------------------------------------------
     def _log_row(self, row: Dict[str, float]) -> None:
