@@ -56,10 +56,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ap.error(f"--paths accepts {PATHS}")
     try:
         cfg = load_config(args.config, parse_overrides(args.set))
-        ds = load_dataset(args.dataset, args.tolerance)
-        if args.segment:
-            start, _, stop = args.segment.partition(":")
-            ds = ds.segment(int(start), int(stop))
+        ds = load_dataset(args.dataset, args.tolerance).segment_of(args.segment)
         ds = (ds.head(args.head) if args.head else ds).subset(args.max_queries, args.stride)
     except (ConfigError, DatasetError, ValueError) as exc:
         print(f"vpr-benchmark: {exc}", file=sys.stderr)

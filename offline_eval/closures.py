@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from offline_eval.benchmark import parse_overrides
-from offline_eval.direct import DatasetFeatures, extract_dataset, stream_stamps
+from offline_eval.direct import DatasetFeatures, contrast_of, extract_dataset, stream_stamps
 from vpr_core.config import Config, ConfigError, config_from_dict, load_config
 from vpr_core.datasets import DatasetError, PlaceDataset, load_dataset
 from vpr_core.detector import Consistency
@@ -72,7 +72,7 @@ class StageResult(ClosureStats):
 @dataclass
 class Stream:
     """A dataset as one stream: frame i's features, and the judge of a closure frame -> map frame."""
-    features: List[tuple]  # (global descriptor, local features or None) per frame, in driving order
+    features: List[tuple]  # (global descriptor, local features or None, image contrast) per frame, in driving order
     is_true: Callable[[int, int], bool]
     revisits: int
 
@@ -81,8 +81,9 @@ def as_stream(ds: PlaceDataset, feats: DatasetFeatures) -> Stream:
     n = len(ds.database)
     pos = [set(p.tolist()) for p in ds.positives]
     loc = lambda ex, i: ex.local[i] if ex.local else None  # noqa: E731
-    frames = [(feats.database.global_desc[i], loc(feats.database, i)) for i in range(n)]
-    frames += [(feats.queries.global_desc[i], loc(feats.queries, i)) for i in range(len(ds.queries))]
+    frames = [(feats.database.global_desc[i], loc(feats.database, i), contrast_of(feats.database, i)) for i in range(n)]
+    frames += [(feats.queries.global_desc[i], loc(feats.queries, i), contrast_of(feats.queries, i))
+               for i in range(len(ds.queries))]
     return Stream(frames, lambda q, m: q >= n and 0 <= m < n and m in pos[q - n], len(ds.queries))
 
 
@@ -91,25 +92,27 @@ Record = tuple  # (frame, candidate id or None, score, margin, other gates passe
 
 
 def published(records: Sequence[Record], tc: int, window: int, key: int = 1,
-              threshold: float = -np.inf) -> List[tuple]:
+              threshold: float = -np.inf, velocities: Sequence[float] = (1.0,)) -> List[tuple]:
     """(frame, candidate) of every closure published over `records` when record field `key` (2 = score,
-    3 = margin) must reach `threshold`; temporal consistency applied exactly as the detector does."""
-    out, consistency = [], Consistency(window)
+    3 = margin) must reach `threshold`; temporal consistency applied exactly as the detector does (ids are
+    frame numbers: the stream is gap-free)."""
+    out, consistency = [], Consistency(window, velocities, tc - 1)
     for rec in records:
         frame, cand, ok = rec[0], rec[1], rec[4]
         passed = cand is not None and ok and rec[key] >= threshold
-        if consistency.update(cand if passed else None) >= tc:
+        if consistency.update(cand if passed else None, frame) >= tc:
             out.append((frame, cand))
     return out
 
 
-def sweep(records: Sequence[Record], stream: "Stream", key: int, tc: int, window: int) -> tuple:
+def sweep(records: Sequence[Record], stream: "Stream", key: int, tc: int, window: int,
+          velocities: Sequence[float] = (1.0,)) -> tuple:
     """(thresholds, precision, recall): the decision replayed at every distinct value of field `key`."""
     values = np.array([r[key] for r in records if r[1] is not None and r[4] and np.isfinite(r[key])])
     thresholds = np.unique(values)[::-1]
     prec, rec = [], []
     for th in thresholds:
-        pub = published(records, tc, window, key, th)
+        pub = published(records, tc, window, key, th, velocities)
         tp = sum(stream.is_true(f, c) for f, c in pub)
         prec.append(tp / len(pub) if pub else 1.0)
         rec.append(tp / stream.revisits if stream.revisits else 0.0)
@@ -137,21 +140,22 @@ def run_stage(base: Config, stage: Stage, stream: Stream, extractor: DescriptorE
     records: List[Record] = []
     t0 = time.perf_counter()
     frames = list(zip(stream.features, stream_stamps(len(stream.features))))
-    for i, ((glob, local), stamp) in enumerate(tqdm(frames, desc=stage.name, disable=not progress)):
-        d = rec.process_descriptor(glob, stamp, "camera", local=local if reranking else None).decision
+    for i, ((glob, local, contrast), stamp) in enumerate(tqdm(frames, desc=stage.name, disable=not progress)):
+        d = rec.process_descriptor(glob, stamp, "camera", local=local if reranking else None, contrast=contrast).decision
         ok = d.candidate is not None and d.rejected in ("", "inconsistent", "below_threshold", "ambiguous")
         records.append((i, d.candidate.id if d.candidate else None, d.score, d.margin, ok, d.rejected,
                         ok and d.supported))
     seconds = time.perf_counter() - t0
     tc, window = cfg.detector.temporal_consistency, cfg.detector.consistency_window
+    vel = cfg.detector.sequence_velocities
     margin_ok = lambda m: th_margin <= 0 or m >= th_margin  # noqa: E731  (the detector's rule: NaN fails a set margin)
     gated = [(f, c, s, m, ok and (s >= th_score or alt) and margin_ok(m)) for f, c, s, m, ok, _, alt in records]
-    pub = published(gated, tc, window)
+    pub = published(gated, tc, window, velocities=vel)
     key = 2 if stage.sweep == "score" else 3
     # the swept gate is applied by `sweep`; a frame the support route passes stays in at every threshold
     other = [(f, c, np.inf if alt and key == 2 else s, m, ok and (margin_ok(m) if key == 2 else (s >= th_score or alt)))
              for f, c, s, m, ok, _, alt in records]
-    thresholds, prec, recall = sweep(other, stream, key, tc, window)
+    thresholds, prec, recall = sweep(other, stream, key, tc, window, vel)
     summary = pr_curve(prec, recall)
     return StageResult(published=len(pub), correct=int(sum(stream.is_true(f, c) for f, c in pub)),
                        revisits=stream.revisits, stage=stage.name, recall_at_100=summary.recall_at_100,
@@ -223,10 +227,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         cfg = load_config(args.config or Path(__file__).resolve().parent.parent / "config" / "default_rerank.yaml",
                           parse_overrides(args.set))
-        ds = load_dataset(args.dataset, args.tolerance)
-        if args.segment:
-            start, _, stop = args.segment.partition(":")
-            ds = ds.segment(int(start), int(stop))
+        ds = load_dataset(args.dataset, args.tolerance).segment_of(args.segment)
     except (ConfigError, DatasetError, ValueError) as exc:
         print(f"vpr-closures: {exc}", file=sys.stderr)
         return 2

@@ -64,7 +64,7 @@ def extract_dataset(ex: DescriptorExtractor, ds: PlaceDataset, progress: bool = 
     """Run the model over the database and the queries in batches of `model.batch_size`."""
     def run(paths, what: str) -> Extracted:
         bs = max(1, ex.cfg.batch_size)
-        parts = []
+        parts: List[Extracted] = []
         for images, errors in tqdm(iter_image_batches(paths, bs), total=-(-len(paths) // bs),
                                    desc=f"extract {what}", disable=not progress):
             if errors:  # a benchmark scores every image: a skipped one would shift the ground truth
@@ -72,8 +72,14 @@ def extract_dataset(ex: DescriptorExtractor, ds: PlaceDataset, progress: bool = 
             parts.append(ex.extract(images, with_local=ex.has_local))
         glob = np.concatenate([p.global_desc for p in parts]) if parts else np.zeros((0, ex.dim), np.float32)
         local = [lf for p in parts for lf in p.local] if ex.has_local else None
-        return Extracted(glob, local)
+        contrast = np.concatenate([p.contrast for p in parts]) if parts else np.zeros(0, np.float32)
+        return Extracted(glob, local, contrast)
     return DatasetFeatures(run(ds.database, "database"), run(ds.queries, "queries"))
+
+
+def contrast_of(ex: Extracted, i: int) -> float:
+    """Image i's grey-level contrast (NaN when the features came without it)."""
+    return float(ex.contrast[i]) if ex.contrast is not None else float("nan")
 
 
 def ranked_from_ids(cand_ids: List[List[int]], id_to_db: Dict[int, int], k: int) -> np.ndarray:
@@ -98,7 +104,7 @@ def run_direct(cfg: Config, ds: PlaceDataset, recognizer: Optional[PlaceRecogniz
             return rec.process(load_image(path), stamp, kind)
         ex = features.database if kind == "database" else features.queries
         local = ex.local[i] if (reranking and ex.local) else None  # stored with keyframes for re-ranking
-        return rec.process_descriptor(ex.global_desc[i], stamp, kind, local=local)
+        return rec.process_descriptor(ex.global_desc[i], stamp, kind, local=local, contrast=contrast_of(ex, i))
 
     t0 = time.perf_counter()
     id_to_db: Dict[int, int] = {}

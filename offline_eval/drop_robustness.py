@@ -13,6 +13,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from offline_eval.benchmark import parse_overrides
 from offline_eval.direct import FRAME_PERIOD_NS
 from vpr_core.config import load_config
 from vpr_core.datasets import load_dataset
@@ -24,14 +25,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="drop_robustness", description=__doc__)
     ap.add_argument("dataset", nargs="?", default="../shared/datasets/corridor")
     ap.add_argument("--config", help="decision/model config (default: config/default.yaml)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    ap.add_argument("--segment", metavar="START:STOP", help="only this stretch of the route (database positions)")
     ap.add_argument("--drops", default="0,10,20,30", help="frames removed from the stream (comma-separated)")
     ap.add_argument("--seeds", type=int, default=6, help="random drop patterns per count")
     args = ap.parse_args(argv)
-    ds = load_dataset(args.dataset)
-    cfg = load_config(args.config)
+    ds = load_dataset(args.dataset).segment_of(args.segment)
+    cfg = load_config(args.config, parse_overrides(args.set))
     first = PlaceRecognizer(cfg)
     frames = list(ds.database) + list(ds.queries)
-    desc = first.extractor([load_image(p) for p in frames])
+    out = first.extractor.extract([load_image(p) for p in frames], with_local=False)
     n_db, worst = len(ds.database), 0
     print(f"{ds.name}: {len(frames)} frames as one stream; decision of {args.config or 'config/default.yaml'}")
     print(f"{'dropped':>8}{'seed':>6}{'closures':>10}{'false':>7}  false (query frame -> matched database frame)")
@@ -42,7 +45,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             rec = PlaceRecognizer(cfg, extractor=first.extractor)
             frame_of, false, closures = {}, [], 0
             for i in np.flatnonzero(keep):
-                r = rec.process_descriptor(desc[i], int((i + 1) * FRAME_PERIOD_NS), "camera")
+                r = rec.process_descriptor(out.global_desc[i], int((i + 1) * FRAME_PERIOD_NS), "camera",
+                                           contrast=float(out.contrast[i]))
                 frame_of[r.place_match.query.id] = int(i)
                 if r.loop_closure is None:
                     continue

@@ -78,7 +78,9 @@ class DetectorConfig:
     exclude_recent_s: float = 5.0  # never match keyframes closer in time than this (seconds)
     loop_threshold: float = 0.90  # cosine similarity a candidate needs to become a loop closure
     temporal_consistency: int = 3  # consecutive frames that must agree before a closure is published
-    consistency_window: int = 5  # ids two consecutive matches may differ by and still "agree"
+    consistency_window: int = 2  # frames a match may stray from moving with the query and still "agree"
+    min_image_contrast: float = 0.0  # frames with a grey-level std below this (0-1 scale: lens caps, lights off,
+    #                                  blown-out frames) close no loop themselves; they stay in map and sequence (0 = off)
     mapping: bool = True  # add keyframes to the map (false = localise against a fixed map)
     keyframe_min_interval_s: float = 0.0  # min time between keyframes
     keyframe_max_similarity: float = 1.0  # skip a keyframe this similar to the previous one (1 = never skip)
@@ -90,11 +92,12 @@ class DetectorConfig:
     #                                     barely changes (standing still, tunnels, uniform corridors) (0 = off)
     sequence_length: int = 20  # frames in the aligned sequence a candidate is scored over (1 = single frame)
     sequence_candidates: int = 20  # map candidates per frame that seed the sequence hypotheses
+    sequence_trim: int = 2  # a line's best N steps are left out of its score (a burst of look-alikes: 0 = off)
     sequence_contrast_window: int = 5  # standardise each similarity against the keyframes within this many
     #                                    map positions (SeqSLAM contrast enhancement; 0 = raw cosine)
     sequence_support: float = 0.5  # ... or this sequence score when the matched keyframe's own cosine reaches
     #                                loop_threshold (strong single frame, supported by the sequence; 0 = off)
-    sequence_threshold: float = 1.0  # the sequence score a closure needs (standard deviations above the
+    sequence_threshold: float = 0.8  # the sequence score a closure needs (standard deviations above the
     #                                   neighbourhood with contrast on, else a mean cosine); loop_threshold
     #                                   applies when sequence_length is 1
     sequence_velocities: List[float] = field(default_factory=lambda: [0.8, 1.0, 1.25])  # map keyframes per query frame

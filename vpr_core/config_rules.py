@@ -108,11 +108,13 @@ CONFIG_RULES: Dict[str, Rule] = {
     "detector.sequence_length": _between(1, 1000, "1 = single frame"),
     "detector.sequence_candidates": _between(1, 1000),
     "detector.sequence_contrast_window": _between(0, 1000, "0 = raw cosine"),
+    "detector.sequence_trim": _between(0, 1000, "0 = plain mean"),
     "detector.sequence_threshold": Rule(math.isfinite, "a finite number"),
     "detector.sequence_support": _between(0.0, what="0 = off"),
     "detector.sequence_velocities": Rule(lambda v: 1 <= len(v) <= 32 and all(math.isfinite(x) and x > 0 for x in v),
                                          "1 to 32 positive numbers (map keyframes per query frame)"),
     "detector.min_margin": _between(0.0, what="0 = off"),
+    "detector.min_image_contrast": _between(0.0, 1.0, "a grey-level standard deviation on a 0-1 scale (0 = off)"),
     "detector.margin_window": _between(0, 1_000_000),
     # intrinsics for the relative pose (vpr_core.geometry.camera)
     "camera.K": Rule(lambda v: len(v) in (0, 4, 9) and all(math.isfinite(x) for x in v),

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -35,8 +35,8 @@ __all__ = ["Decision", "FrameResult", "LoopClosure", "LoopClosureDetector", "Pla
 STAGES = ("decode", "model", "search", "rerank", "decision", "pose")
 
 # Why a frame did not become a loop closure, in the order the gates are applied.
-REJECTIONS = ("empty_map", "too_recent", "short_sequence", "unverified", "below_threshold", "ambiguous", "degenerate_geometry",
-              "inconsistent")
+REJECTIONS = ("uninformative", "empty_map", "too_recent", "short_sequence", "unverified", "below_threshold", "ambiguous",
+              "degenerate_geometry", "inconsistent")
 
 
 @dataclass
@@ -90,24 +90,37 @@ class FrameResult:
 
 
 class Consistency:
-    """Temporal consistency: how many consecutive gated frames matched keyframes within `window` ids of
-    each other. One rule for the detector and for offline replays of its decisions."""
+    """Temporal consistency: how many consecutive gated frames matched places that move with the query.
+    The match must have advanced since each of the streak's last `span` frames as the query did, at a
+    velocity of the sequence band, give or take `window` frames: a match that slides back, leaps ahead
+    or stays put while the query moves breaks the streak. One rule for the detector and for offline
+    replays of its decisions."""
 
-    def __init__(self, window: int) -> None:
-        self.window = int(window)
+    def __init__(self, window: float, velocities: Sequence[float] = (1.0,), span: int = 1) -> None:
+        self.window = float(window)
+        self.band = (float(min(velocities)), float(max(velocities)))
+        self.span = max(1, int(span))
         self.reset()
 
     def reset(self) -> None:
-        self.streak, self.last = 0, None
+        self.streak, self.recent = 0, []
 
-    def update(self, match_id: Optional[int]) -> int:
-        """The streak after this frame: `match_id` of the candidate that passed the gates, None if none did."""
-        if match_id is None:
+    def update(self, match: Optional[float], query: float = 0.0) -> int:
+        """The streak after this frame. `match`: the frame number (time in frame periods, or id) of the
+        keyframe that passed the gates, None if none did; `query`: this frame's frame number."""
+        if match is None:
             self.reset()
             return 0
-        agrees = self.last is not None and abs(match_id - self.last) <= self.window
-        self.streak, self.last = (self.streak + 1 if agrees else 1), match_id
+        agrees = bool(self.recent) and all(self._deviation(match - m, query - q) <= self.window
+                                           for m, q in self.recent[-self.span:])
+        self.streak = self.streak + 1 if agrees else 1
+        kept = self.recent if agrees and self.span > 1 else []
+        self.recent = kept[len(kept) - self.span + 1:] + [(match, query)]
         return self.streak
+
+    def _deviation(self, moved: float, elapsed: float) -> float:
+        """How far the match's advance is from the band of advances the query's `elapsed` frames allow."""
+        return abs(moved - min(max(moved, self.band[0] * elapsed), self.band[1] * elapsed))
 
 
 class PlaceLinks:
@@ -149,14 +162,16 @@ class LoopClosureDetector:
         self.db = db
         self.rerank_cfg = rerank_cfg if rerank_cfg is not None else RerankConfig()
         self.reranker = build_reranker(self.rerank_cfg)  # None for rerank.method 'none'
-        self.sequence = SequenceMatcher(cfg.sequence_length, cfg.sequence_velocities, cfg.sequence_contrast_window)
+        self.sequence = SequenceMatcher(cfg.sequence_length, cfg.sequence_velocities, cfg.sequence_contrast_window,
+                                        cfg.sequence_trim)
         self.keyframes = KeyframePolicy(cfg)
         self.links = PlaceLinks()
         self.pose_cfg = pose_cfg if pose_cfg is not None else PoseConfig()
         self.cameras: Dict[str, CameraModel] = {}  # frame id -> intrinsics, from the frames that brought one
         self.rejections: Counter = Counter()  # reason -> frames rejected for it (REJECTIONS)
         self._next_id = db.next_id
-        self.consistency = Consistency(cfg.consistency_window)
+        self.consistency = Consistency(cfg.consistency_window, cfg.sequence_velocities,
+                                       cfg.temporal_consistency - 1)
         self._odometer = np.zeros(2)  # [metres along the odometry poses, appearance change] since the start
         self._last_pose: Optional[list] = None
         self._last_desc: Optional[np.ndarray] = None
@@ -200,13 +215,15 @@ class LoopClosureDetector:
 
     def process(self, descriptor: np.ndarray, stamp_ns: int, frame_id: str,
                 pose: Optional[List[float]] = None, local: Optional[LocalFeatures] = None,
-                camera: Optional[CameraModel] = None, depth: Optional[np.ndarray] = None) -> FrameResult:
+                camera: Optional[CameraModel] = None, depth: Optional[np.ndarray] = None,
+                contrast: float = float("nan")) -> FrameResult:
         """Search the map with one frame's descriptor, re-rank with its local features (when configured),
         decide on a closure, maybe add a keyframe (with its local features, when given).
 
         `pose`: the camera's odometry pose [x, y, z, qx, qy, qz, qw] (keyframe policy, distance exclusion,
         stored with the keyframe). `camera` (intrinsics) and `depth` (aligned depth image of this frame)
-        let the closure carry a relative pose, and let degenerate geometry reject it."""
+        let the closure carry a relative pose, and let degenerate geometry reject it. `contrast` (the
+        image's grey-level std, NaN = unknown): below `min_image_contrast` the frame is searched only."""
         pose = check_pose(pose)
         query = Keyframe(self._next_id, int(stamp_ns), frame_id, pose)
         query_local = None
@@ -234,6 +251,10 @@ class LoopClosureDetector:
         t_decide = time.perf_counter()
         decision = self._judge(candidates, query_local, descriptor, query.stamp_ns,
                                camera or self.cameras.get(frame_id), depth)
+        if contrast < self.cfg.min_image_contrast:  # NaN (unknown) passes
+            # a dark frame looks like every other dark frame: it closes no loop itself, but stays in the
+            # sequence and the map (a tunnel's dark run at its place is a sequence's strongest signature)
+            decision.rejected, decision.detail = "uninformative", f"contrast {contrast:.3f}"
         timings["decision"] = (time.perf_counter() - t_decide) * 1e3  # sequence, gates and pose
         v = decision.candidate.verification if decision.candidate is not None else None
         if v is not None and v.pose is not None:
@@ -410,7 +431,9 @@ class LoopClosureDetector:
     def _accept(self, query: Keyframe, d: Decision) -> Optional[LoopClosure]:
         """Temporal consistency over the frames that passed the gates; count the rejection otherwise."""
         self.consistency.window = self.cfg.consistency_window  # a run-time parameter change applies at once
-        d.streak = self.consistency.update(None if d.rejected else d.candidate.id)
+        self.consistency.span = max(1, self.cfg.temporal_consistency - 1)
+        d.streak = self.consistency.update(None if d.rejected else self._frame_number(d.candidate.keyframe),
+                                           self._frame_number(query))
         if d.rejected:
             self.rejections[d.rejected] += 1
             return None
@@ -422,6 +445,12 @@ class LoopClosureDetector:
         seq = d.score if self.cfg.sequence_length > 1 else float("nan")
         return LoopClosure(query, best, best.verification if best.verification is not None else Verification(),
                            sequence_score=seq, margin=d.margin)
+
+    def _frame_number(self, kf: Keyframe) -> float:
+        """A frame's place in time in camera frame periods (frames dropped under load leave gaps); its id
+        when the stream's stamps give no period."""
+        period = self.sequence.period()
+        return kf.stamp_ns / period if period > 0 and kf.stamp_ns >= 0 else float(kf.id)
 
     @property
     def next_id(self) -> int:

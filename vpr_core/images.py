@@ -99,6 +99,16 @@ def compressed_size(data: Union[bytes, bytearray, memoryview, np.ndarray]) -> Op
     return None
 
 
+def image_contrast(rgb: np.ndarray) -> float:
+    """Standard deviation of the grey levels on a 0-1 scale, on a 64x48 thumbnail (microseconds). A tunnel,
+    a lens cap or a blown-out frame is near 0: such a frame looks like every other such frame."""
+    img = np.asarray(rgb)
+    scale = 255.0 if img.dtype == np.uint8 else 65535.0 if img.dtype == np.uint16 else 1.0
+    grey = img.astype(np.float32).mean(axis=2) if img.ndim == 3 else img.astype(np.float32)
+    thumb = cv2.resize(grey, (64, 48), interpolation=cv2.INTER_AREA) if grey.size > 64 * 48 else grey
+    return float(thumb.std() / scale)
+
+
 def _to8(img: np.ndarray) -> np.ndarray:
     """16-bit intensity to 8-bit by dropping the low byte (keeps relative brightness)."""
     return (img >> 8).astype(np.uint8)

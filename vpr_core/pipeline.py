@@ -139,21 +139,26 @@ class PlaceRecognizer:
         if local is not None:
             self._local_dim = local.dim
         result = self.process_descriptor(out.global_desc[0], stamp_ns, frame_id, t0, local=local, pose=pose,
-                                         camera=camera, depth=depth)
-        result.place_match.timings_ms["model"] = model_ms
+                                         camera=camera, depth=depth, contrast=float(out.contrast[0]))
+        result.place_match.timings_ms["model"] = model_ms  # preprocess + forward (+ local feature selection)
         self.stats.stage_ms["model"].append(model_ms)
+        for stage, ms in out.timings_ms.items():
+            result.place_match.timings_ms[stage] = ms
+            self.stats.stage_ms[stage].append(ms)
         return result
 
     def process_descriptor(self, desc: np.ndarray, stamp_ns: int, frame_id: str,
                            t0: Optional[float] = None, local: Optional[LocalFeatures] = None,
                            pose: Optional[List[float]] = None, camera: Optional[CameraModel] = None,
-                           depth: Optional[np.ndarray] = None) -> FrameResult:
+                           depth: Optional[np.ndarray] = None, contrast: float = float("nan")) -> FrameResult:
+        """The flow after the model: search, decide, maybe add a keyframe. `contrast` is the image's
+        grey-level std (`Extracted.contrast`; NaN = unknown, never gated)."""
         t0 = time.perf_counter() if t0 is None else t0
         with self._lock:
             if self._ids is not None:
                 self._ids.reserve(self.detector.next_id)  # durable before the id is published
             result = self.detector.process(desc, stamp_ns, frame_id, pose=pose, local=local,
-                                           camera=camera or self.camera, depth=depth)
+                                           camera=camera or self.camera, depth=depth, contrast=contrast)
         result.place_match.latency_ms = (time.perf_counter() - t0) * 1e3
         s = self.stats
         s.frames += 1

@@ -24,7 +24,7 @@ class SequenceMatcher:
     frame's candidates carried forward along each velocity, so a place that single frames rank low
     (seasonal change) is still found when the sequence agrees."""
 
-    def __init__(self, length: int, velocities: Sequence[float], contrast_window: int = 0) -> None:
+    def __init__(self, length: int, velocities: Sequence[float], contrast_window: int = 0, trim: int = 0) -> None:
         if contrast_window < 0:
             raise ValueError(f"detector.sequence_contrast_window must be >= 0 (0 = off), got {contrast_window}")
         if length < 1:
@@ -33,7 +33,10 @@ class SequenceMatcher:
         if not vel or any(not np.isfinite(v) or v <= 0 for v in vel):
             raise ValueError(f"detector.sequence_velocities must be positive numbers (map keyframes per query "
                              f"frame, e.g. [0.8, 1.0, 1.25]), got {list(velocities)}")
+        if trim < 0:
+            raise ValueError(f"detector.sequence_trim must be >= 0 (0 = plain mean), got {trim}")
         self.length = int(length)
+        self.trim = int(trim)
         self.contrast_window = int(contrast_window)
         self.velocities = np.asarray(vel, np.float64)
         self._history: Deque[np.ndarray] = deque(maxlen=self.length)
@@ -70,7 +73,7 @@ class SequenceMatcher:
         self._retrieved.append(np.asarray(positions, np.int64).reshape(-1))
         self._stamps.append(int(stamp_ns))
 
-    def _period(self) -> float:
+    def period(self) -> float:
         """The camera's frame period from the recent stamps (median gap); 0 when unknown or not increasing."""
         st = np.asarray(self._stamps, np.int64)
         if len(st) < 2 or (st < 0).any() or (np.diff(st) <= 0).any():
@@ -101,7 +104,7 @@ class SequenceMatcher:
         with uniform stamps and no drops this is exactly `end - round(v * l)`."""
         n = len(self._history)
         rows = np.arange(n)
-        period = self._period()
+        period = self.period()
         frames = self._frames(db, period) if period > 0 else None
         if frames is None:
             offsets = np.rint(self.velocities[:, None] * rows[None, :]).astype(np.int64)  # (V, n)
@@ -137,7 +140,9 @@ class SequenceMatcher:
         it (SeqSLAM's local contrast enhancement): a place scores by how much it stands out from its
         neighbours, so a uniformly similar stretch (a snowy season, a look-alike corridor, a tunnel)
         no longer wins by being bright overall, and the score is unitless (comparable across places).
-        A line that would start before the first keyframe scores NaN (so does every end while fewer
+        The `trim` best steps of each line are left out of its mean: two tunnels' dark frames (or any brief
+        coincidence) align a few steps with a huge standardised score, which alone could lift a line whose
+        other steps disagree. A line that would start before the first keyframe scores NaN (so does every end while fewer
         than `length` frames have been seen).
         """
         ends = np.asarray(end_positions, np.int64).reshape(-1)
@@ -160,7 +165,10 @@ class SequenceMatcher:
             z = (vals[:, r] - vals.mean(1)) / np.maximum(vals.std(1), 1e-6)
         else:
             z = vals[:, 0]
-        line = z[inverse.reshape(pos.shape)].mean(-1)  # (E, V)
+        steps = z[inverse.reshape(pos.shape)]  # (E, V, n)
+        if self.trim and n > self.trim:  # the best steps left out: a short burst of look-alikes cannot carry a line
+            steps = np.sort(steps, axis=-1)[..., :n - self.trim]
+        line = steps.mean(-1)  # (E, V)
         best = np.where(complete, line, -np.inf).max(axis=1)
         best[~np.isfinite(best) | (n < self.length)] = np.nan
         return best.astype(np.float32)

@@ -11,6 +11,7 @@ relocalisation run beside the image callbacks.
 """
 from __future__ import annotations
 
+import json
 import queue
 import sys
 import threading
@@ -246,6 +247,7 @@ class LoopClosureNode(Node):
                                f"{s['lost_estimate']}; latency (arrival to PlaceMatch) median "
                                f"{s.get('end_to_end_ms_median', 0.0):.1f} ms, p95 {s.get('end_to_end_ms_p95', 0.0):.1f} ms; "
                                f"processing median {s['latency_ms_median']:.1f} ms, p95 {s['latency_ms_p95']:.1f} ms")
+        self.get_logger().info("stats " + json.dumps(s))  # one machine-readable line (offline_eval.realtime reads it)
 
 
 def main(args=None) -> int:

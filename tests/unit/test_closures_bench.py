@@ -19,7 +19,7 @@ def _stream(dim: int, n: int = 60, seed: int = 0) -> Stream:
     noise = rng.uniform(0.2, 1.6, size=(n, 1)).astype(np.float32)  # per-frame difficulty
     lap2 = route + noise * rng.normal(size=(n, dim)).astype(np.float32) * np.linalg.norm(route, axis=1,
                                                                                          keepdims=True) / np.sqrt(dim)
-    frames = [(d, None) for d in np.concatenate([route, lap2])]
+    frames = [(d, None, float("nan")) for d in np.concatenate([route, lap2])]
     return Stream(frames, lambda q, m: q >= n and 0 <= m < n and abs(m - (q - n)) <= 1, n)
 
 
@@ -39,7 +39,7 @@ def test_replayed_decision_equals_the_detector_run_at_the_configured_threshold(d
                                                  "detector.exclude_recent_s": 0.0, **overrides}),
                           extractor=default_extractor)
     live = []
-    for i, ((d, _), t) in enumerate(zip(stream.features, stream_stamps(len(stream.features)))):
+    for i, ((d, _, _), t) in enumerate(zip(stream.features, stream_stamps(len(stream.features)))):
         lc = rec.process_descriptor(d, t, "camera").loop_closure
         if lc is not None:
             live.append((i, lc.match.id))

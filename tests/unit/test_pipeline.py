@@ -183,3 +183,40 @@ def test_delivery_latency_is_reported_beside_processing(recognizer):
         recognizer.stats = rec_stats
     assert s["end_to_end_ms_median"] == 60.0 and s["queue_ms_median"] == 25.0
     assert s["end_to_end_ms_p95"] > 250.0 and s["queue_ms_p95"] > 200.0
+
+
+def _tunnel(nordland_root, frames):
+    """Real Nordland summer frames inside a tunnel (train split: route positions 187-201)."""
+    from vpr_core.images import load_image
+    paths = sorted((nordland_root / "summer").iterdir())
+    return [load_image(paths[i]) for i in frames]
+
+
+def test_image_contrast_tells_a_tunnel_from_a_corridor(nordland_root, corridor_images):
+    from vpr_core.images import image_contrast
+    dark = _tunnel(nordland_root, [190, 193, 198])
+    assert all(image_contrast(im) < 0.02 for im in dark)
+    assert all(image_contrast(im) > 0.2 for im in corridor_images)
+    assert image_contrast(corridor_images[0].astype(np.uint16) * 257) == pytest.approx(image_contrast(corridor_images[0]),
+                                                                                       abs=1e-3)
+    assert image_contrast(corridor_images[0][..., 0]) > 0.2  # one channel
+    assert image_contrast(np.full((480, 640, 3), 0.5, np.float32)) == 0.0
+
+
+@pytest.mark.parametrize("gate", [0.04, 0.0])
+def test_dark_frames_close_no_loop(cfg, default_extractor, nordland_root, gate):
+    """Two passes through tunnels 100 s apart: every dark frame looks like every other one, so without the
+    gate they close loops between different tunnels; with it a dark frame closes none (counted), yet stays
+    in the map and the sequence (a tunnel's dark run at its place is a sequence's strongest signature)."""
+    cfg.detector.min_image_contrast = gate
+    pr = PlaceRecognizer(cfg, extractor=default_extractor)
+    first = [pr.process(im, i * SEC, "camera") for i, im in enumerate(_tunnel(nordland_root, [188, 190, 192]))]
+    later = [pr.process(im, (100 + i) * SEC, "camera") for i, im in enumerate(_tunnel(nordland_root, [196, 198, 200]))]
+    closures = sum(r.loop_closure is not None for r in later)
+    assert len(pr.db) == 6 and all(r.place_match.is_keyframe for r in first + later)
+    if gate:
+        assert all(r.decision.rejected == "uninformative" for r in first + later) and closures == 0
+        assert pr.stats.rejections["uninformative"] == 6
+        assert later[-1].place_match.candidates  # still searched: the PlaceMatch says where it looks like
+    else:
+        assert closures >= 1  # what the gate prevents

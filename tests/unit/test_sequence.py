@@ -85,6 +85,31 @@ def test_contrast_enhancement_prefers_a_peak_over_a_uniformly_bright_stretch():
     assert int(np.nanargmax(ce.score(db, ends))) == 45
 
 
+def test_trim_keeps_a_short_burst_of_look_alikes_from_carrying_a_line():
+    """The query's last 2 frames look exactly like keyframes 20-21 (two tunnels' dark frames), its other
+    18 like nothing in the map: that line's plain mean rests on the burst alone; with the 2 best steps left
+    out it scores like noise, while a true revisit (every step similar) keeps its score."""
+    rng = np.random.default_rng(3)
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+    route = unit(rng.normal(size=(60, 1024)).astype(np.float32))  # wide: unrelated frames have cosine ~0
+    db = MapDatabase(1024, "flat", "false")
+    for i, d in enumerate(route):
+        db.add(d, Keyframe(i, i))
+    burst = np.concatenate([unit(rng.normal(size=(18, 1024)).astype(np.float32)), route[20:22]])
+    revisit = unit(route[40:60] + 0.02 * rng.normal(size=(20, 1024)).astype(np.float32))
+    scores = {}
+    for name, frames in (("burst", burst), ("revisit", revisit)):
+        for trim in (0, 2):
+            sm = SequenceMatcher(20, [1.0], contrast_window=0, trim=trim)
+            for q in frames:
+                sm.push(q)
+            scores[name, trim] = sm.score(db, [21, 59])
+    assert scores["burst", 0][0] > 0.08 and abs(scores["burst", 2][0]) < 0.05
+    assert scores["revisit", 2][1] > 0.9 * scores["revisit", 0][1] > 0.7
+    with pytest.raises(ValueError, match="sequence_trim"):
+        SequenceMatcher(20, [1.0], 5, trim=-1)
+
+
 def test_hypotheses_carry_earlier_retrievals_forward():
     sm = SequenceMatcher(3, [1.0, 2.0])
     sm.push(_route(1)[0], [10])

@@ -78,6 +78,17 @@ class PlaceDataset:
         stretch of the same route, for quick comparisons of many models)."""
         return self.segment(0, n)
 
+    def segment_of(self, spec: Optional[str]) -> "PlaceDataset":
+        """`segment` from a command line's "START:STOP" (None or "" = the whole dataset)."""
+        if not spec:
+            return self
+        start, sep, stop = str(spec).partition(":")
+        try:
+            return self.segment(int(start), int(stop))
+        except ValueError:
+            raise DatasetError(f"a route segment is START:STOP in database positions (e.g. 2700:3576), "
+                               f"got {spec!r}") from None
+
     def segment(self, start: int, stop: int) -> "PlaceDataset":
         """Database images [start, stop) of the route and the queries whose true matches all lie there,
         positives renumbered: a split by route position (train / validation / test stretches).

@@ -3,7 +3,8 @@ from a config; gives L2-normalised global descriptors and, with a local head, lo
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vpr_core.config import ModelConfig
+from vpr_core.images import image_contrast
 from vpr_core.local_features import LocalFeatures, select_local
 from vpr_core.models.aggregators import AGGREGATORS
 from vpr_core.models.backbones import BACKBONES
@@ -107,6 +109,8 @@ def resolve_device(spec: str) -> torch.device:
 class Extracted:
     global_desc: np.ndarray  # (N, D) float32
     local: Optional[List[LocalFeatures]] = None
+    contrast: Optional[np.ndarray] = None  # (N,) each image's grey-level contrast (images.image_contrast)
+    timings_ms: Dict[str, float] = field(default_factory=dict)  # preprocess, forward: summed over the batches
 
 
 class DescriptorExtractor:
@@ -144,18 +148,26 @@ class DescriptorExtractor:
         out, local = [], [] if (with_local and self.has_local) else None
         bs = max(1, self.cfg.batch_size)
         in_h, in_w = self.preprocess.height, self.preprocess.width
+        t_pre = t_fwd = 0.0
         for i in range(0, len(images), bs):
             batch = images[i:i + bs]
+            t0 = time.perf_counter()
+            x = self.preprocess(batch)
+            t1 = time.perf_counter()
+            t_pre += t1 - t0
             if self.runtime is not None:  # global descriptors only (runtimes refuse local heads)
-                out.append(self.runtime(self.preprocess(batch)))
+                out.append(self.runtime(x))
+                t_fwd += time.perf_counter() - t1
                 continue
-            x = self.preprocess(batch).to(self.device, memory_format=torch.channels_last)
+            x = x.to(self.device, memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                 if local is None:
                     out.append(self.model(x).float().cpu().numpy())
+                    t_fwd += time.perf_counter() - t1
                     continue
                 res = self.model.forward_all(x)
             out.append(res.global_desc.float().cpu().numpy())
+            t_fwd += time.perf_counter() - t1  # the local features' selection below is not the forward pass
             lo = res.local
             for j, img in enumerate(batch):
                 h, w = img.shape[:2]
@@ -163,4 +175,5 @@ class DescriptorExtractor:
                 local.append(select_local(lo.desc[j].float().cpu().numpy(), lo.xy[j].float().cpu().numpy(), weight,
                                           self.cfg.max_local_features, (w / in_w, h / in_h), (h, w)))
         glob = np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
-        return Extracted(glob, local)
+        return Extracted(glob, local, np.array([image_contrast(im) for im in images], np.float32),
+                         {"preprocess": t_pre * 1e3, "forward": t_fwd * 1e3})
