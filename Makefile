@@ -5,6 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export VPR_ROS_CACHE ?= $(abspath runs/cache/runtimes)
 DATASET ?=
 ARGS ?=
 

@@ -91,8 +91,8 @@ class ReplayRecord:
 class Player(Node):
     """Publishes images and records what the node publishes back."""
 
-    def __init__(self, image_topic: str, namespace: str = "") -> None:
-        super().__init__("vpr_bag_player", namespace=namespace)
+    def __init__(self, image_topic: str, namespace: str = "", context=None) -> None:
+        super().__init__("vpr_bag_player", namespace=namespace, context=context)
         self.pub = self.create_publisher(Image, image_topic, QoSProfile(depth=100))
         self.record = ReplayRecord()
         self._answered: Dict[int, threading.Event] = {}
@@ -123,13 +123,14 @@ class Player(Node):
 
 def replay(bag_dir: Path, node: NodeProcess, image_topic: str = "image", rate_hz: Optional[float] = None,
            frame_timeout_s: float = 60.0, startup_timeout_s: float = 180.0, on_closure=None) -> ReplayRecord:
-    """Play `bag_dir` into the running node; lockstep when rate_hz is None."""
-    own_context = not rclpy.ok()
-    if own_context:
-        rclpy.init(domain_id=int(node.env["ROS_DOMAIN_ID"]))
-    player = Player(image_topic)
+    """Play `bag_dir` into the running node; lockstep when rate_hz is None. The player runs in a context of
+    its own on the node's ROS domain, whatever else this process has initialised (a context already up on
+    another domain would never see the node)."""
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=int(node.env["ROS_DOMAIN_ID"]))
+    player = Player(image_topic, context=context)
     player.on_closure = on_closure
-    executor = SingleThreadedExecutor()
+    executor = SingleThreadedExecutor(context=context)
     executor.add_node(player)
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
@@ -166,8 +167,7 @@ def replay(bag_dir: Path, node: NodeProcess, image_topic: str = "image", rate_hz
     finally:
         executor.shutdown()
         player.destroy_node()
-        if own_context:
-            rclpy.try_shutdown()
+        rclpy.try_shutdown(context=context)
 
 
 def run_replay(cfg: Config, ds, workdir: Path, top_k: int = 10, progress: bool = True):

@@ -48,10 +48,10 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | fp16 | bf16 (half precision only on GPU)
     batch_size: int = 16  # images per forward pass in offline extraction
-    # what runs the global forward: torch (eager) | compile (torch.compile, warmed up
+    # what runs the global forward: auto (openvino on a CPU for a global-only model, else torch) | torch (eager) | compile (torch.compile, warmed up
     # when built) | onnxruntime | openvino (both: exported once to a cached ONNX file, CPU)
-    runtime: str = "torch"
-    runtime_cache: str = ""  # folder for exported models ("" = $XDG_CACHE_HOME/vpr_ros or ~/.cache/vpr_ros)
+    runtime: str = "auto"
+    runtime_cache: str = ""  # folder for exported models ("" = $VPR_ROS_CACHE, else $XDG_CACHE_HOME/vpr_ros or ~/.cache/vpr_ros)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
 

@@ -21,7 +21,7 @@ def test_with_runtime_copies_and_node_table_reports_the_forward_share(tmp_path, 
     base = load_config()
     cfg = with_runtime(base, "onnxruntime", tmp_path, {"rerank.top_k": 20})
     assert cfg.model.runtime == "onnxruntime" and cfg.model.runtime_cache == str(tmp_path) and cfg.rerank.top_k == 20
-    assert base.model.runtime == "torch"  # the base config is untouched
+    assert base.model.runtime == "auto"  # the base config is untouched
     row = NodeRow("default, torch", 10.0, sent=222, answered=220, dropped=2, e2e_median_ms=40.0, e2e_p95_ms=90.0,
                   stages={"decode": 1.0, "preprocess": 2.0, "forward": 34.0, "search": 0.5, "decision": 1.5})
     assert row.forward_share == 0.85
