@@ -196,7 +196,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     paths = list(ds.database) + list(ds.queries)
     images = [load_image(p) for p in paths]
     print(f"{ds.name}: {len(paths)} images {images[0].shape[1]}x{images[0].shape[0]}; model {cfg.model.name}, "
-          f"input {cfg.model.preprocess.width}x{cfg.model.preprocess.height}; runtime.threads {cfg.runtime.threads}")
+          f"input {cfg.model.preprocess.image_size[1]}x{cfg.model.preprocess.image_size[0]}; runtime.threads {cfg.runtime.threads}")
     print_forward(forward_rows(cfg, runtimes, images[:16], args.rounds, cache), args.rounds)
 
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
