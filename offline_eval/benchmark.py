@@ -17,6 +17,7 @@ from offline_eval.report import agreement, plot_recall, recall_table, save_json
 from vpr_core.config import ConfigError, load_config
 from vpr_core.datasets import DatasetError, load_dataset
 
+REPO = Path(__file__).resolve().parent.parent
 PATHS = ("direct", "replay", "raw")
 
 
@@ -36,7 +37,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("dataset", help="dataset folder (query/ + database/ or ref/ with ground truth)")
     ap.add_argument("--config", help="model/detector YAML (default: config/default.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    ap.add_argument("--paths", default="direct,replay,raw", help=f"comma-separated subset of {','.join(PATHS)}")
+    ap.add_argument("--paths", help=f"comma-separated subset of {','.join(PATHS)} (default: all; with --zoo: direct,raw)")
     ap.add_argument("--max-queries", type=int, help="evaluate at most this many queries")
     ap.add_argument("--stride", type=int, default=1, help="use every N-th query")
     ap.add_argument("--head", type=int, metavar="N",
@@ -51,9 +52,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--rerank-k", default="20,100", help="with --zoo: the K values to re-rank (comma-separated)")
     ap.add_argument("--out", type=Path, help="folder for results.json, recall.png and the bags (default: runs/<time>)")
     args = ap.parse_args(argv)
-    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    paths = [p.strip() for p in (args.paths or ("direct,raw" if args.zoo else ",".join(PATHS))).split(",") if p.strip()]
     if set(paths) - set(PATHS):
         ap.error(f"--paths accepts {PATHS}")
+    if args.zoo:  # every option works in zoo mode or is refused with the reason
+        if args.config:
+            ap.error("--config has no effect with --zoo: list every config to compare after --zoo")
+        if "replay" in paths:
+            ap.error("--zoo compares configs on the direct path only: --paths direct or direct,raw")
+        missing = [str(p) for p in args.zoo if resolve_config(p) is None]
+        if missing:
+            print(f"vpr-benchmark: config file(s) not found (looked relative to the current folder and to "
+                  f"{REPO}): {', '.join(missing)}", file=sys.stderr)
+            return 2
+        args.zoo = [resolve_config(p) for p in args.zoo]
     try:
         cfg = load_config(args.config, parse_overrides(args.set))
         ds = load_dataset(args.dataset, args.tolerance).segment_of(args.segment)
@@ -64,7 +76,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = args.out or Path("runs") / time.strftime("benchmark-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     if args.zoo:
-        return run_zoo(args.zoo, ds, [int(k) for k in args.rerank_k.split(",") if k.strip()], out, "raw" in paths)
+        return run_zoo(args.zoo, ds, [int(k) for k in args.rerank_k.split(",") if k.strip()], out, "raw" in paths,
+                       parse_overrides(args.set))
     print(f"{ds.name}: {len(ds.database)} database images, {len(ds.queries)} queries; model {cfg.model.name}")
     results: List[PathResult] = []
     baseline = run_raw_pixels(ds) if "raw" in paths else None
@@ -85,7 +98,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-def run_zoo(configs: List[Path], ds, ks: List[int], out: Path, raw: bool = False) -> int:
+def resolve_config(path: Path) -> Optional[Path]:
+    """A config path as given, else relative to the repository (`--zoo config/x.yaml` from any folder)."""
+    for candidate in (Path(path), REPO / path):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def run_zoo(configs: List[Path], ds, ks: List[int], out: Path, raw: bool = False,
+            overrides: Optional[dict] = None) -> int:
     from offline_eval.zoo import zoo_json, zoo_row, zoo_table
 
     print(f"{ds.name}: {len(ds.database)} database images, {len(ds.queries)} queries; {len(configs)} configs")
@@ -95,7 +117,7 @@ def run_zoo(configs: List[Path], ds, ks: List[int], out: Path, raw: bool = False
     rows = []
     for path in configs:
         try:
-            rows.append(zoo_row(path, ds, ks))
+            rows.append(zoo_row(path, ds, ks, overrides=overrides))
         except (ConfigError, ValueError, RuntimeError) as exc:  # one bad config must not lose the others' rows
             print(f"vpr-benchmark: {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue

@@ -8,7 +8,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -74,10 +74,10 @@ def images_per_second(ex: DescriptorExtractor, images: List[np.ndarray], batch: 
 
 
 def zoo_row(config_path: Path, ds: PlaceDataset, rerank_ks: Sequence[int] = (20, 100),
-            progress: bool = True) -> ZooRow:
+            progress: bool = True, overrides: Optional[dict] = None) -> ZooRow:
     """One config's row: speed, then the dataset extracted once and evaluated without re-ranking and
     (two-stage models) with re-ranking of the top K for each K."""
-    cfg = load_config(config_path, {"model.device": "auto"})
+    cfg = load_config(config_path, {"model.device": "auto", **(overrides or {})})
     ex, weights = _extractor(cfg, ds)
     images = [load_image(p) for p in ds.database[:16]]
     row = ZooRow(str(config_path), cfg.model.name, weights, ex.dim,
