@@ -32,7 +32,7 @@ __all__ = ["Decision", "FrameResult", "LoopClosure", "LoopClosureDetector", "Pla
            "Verification"]
 
 # Where a frame's time goes, in flow order ("decode" is the node's, "model" the pipeline's).
-STAGES = ("decode", "model", "search", "rerank", "decision", "pose")
+STAGES = ("decode", "model", "preprocess", "forward", "search", "rerank", "decision", "pose")  # model = preprocess + forward
 
 # Why a frame did not become a loop closure, in the order the gates are applied.
 REJECTIONS = ("uninformative", "empty_map", "too_recent", "short_sequence", "unverified", "below_threshold", "ambiguous",

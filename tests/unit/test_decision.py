@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vpr_core.config import DetectorConfig, RerankConfig
-from vpr_core.detector import REJECTIONS, Consistency, LoopClosureDetector
+from vpr_core.detector import REJECTIONS, STAGES, Consistency, LoopClosureDetector
 from vpr_core.geometry import CameraModel, PoseConfig
 from vpr_core.keyframes import check_pose, pose_angle_deg, pose_distance
 from vpr_core.local_features import LocalFeatures
@@ -194,6 +194,9 @@ def test_stage_timings_are_reported_per_frame_and_in_the_stats(default_extractor
     assert set(results[-1].place_match.timings_ms) >= {"model", "search", "decision"}
     assert all(v >= 0 for v in results[-1].place_match.timings_ms.values())
     assert results[-1].place_match.timings_ms["model"] > results[-1].place_match.timings_ms["search"]
+    t = results[-1].place_match.timings_ms  # the model's time split into preprocessing and the forward pass
+    assert 0 < t["preprocess"] and 0 < t["forward"] and t["preprocess"] + t["forward"] <= t["model"] + 1e-6
+    assert set(t) <= set(STAGES)
     pr.record_stage("decode", 1.5)
     summary = pr.stats.summary()
     assert summary["stage_ms_median"]["decode"] == 1.5 and "model" in summary["stage_ms_p95"]
