@@ -17,7 +17,6 @@ import argparse
 import json
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
