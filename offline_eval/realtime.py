@@ -71,48 +71,33 @@ def with_runtime(cfg: Config, runtime: str, cache: Path, overrides: Optional[Dic
 
 def forward_rows(cfg: Config, runtimes: Sequence[str], images: List[np.ndarray], rounds: int, cache: Path,
                  repeats: int = 10) -> List[ForwardRow]:
-    """Each runtime's forward pass alone (preprocessed tensors in, descriptors out): rounds interleave the
-    runtimes so a burst of outside load hits them alike; medians over rounds."""
+    """Each runtime's forward pass alone, as the extractor times it (`Extracted.timings_ms["forward"]`:
+    preprocessed tensors in, descriptors out): rounds interleave the runtimes so a burst of outside load
+    hits them alike; medians over rounds."""
     from vpr_core.models import DescriptorExtractor
     from vpr_core.runtime import apply_threads
 
     apply_threads(cfg.runtime)
     built, rows = {}, {r: ForwardRow(r) for r in runtimes}
+    one, sixteen = images[:1], (images * 16)[:16]
     for r in runtimes:
         try:
-            ex = DescriptorExtractor(with_runtime(cfg, r, cache).model)
+            ex = DescriptorExtractor(with_runtime(cfg, r, cache, {"model.batch_size": 16}).model)
         except (ConfigError, ImportError, RuntimeError) as exc:
             rows[r].error = str(exc).splitlines()[0][:80]
             continue
-        run = ex.runtime if ex.runtime is not None else _eager(ex)
-        x1, x16 = ex.preprocess(images[:1]), ex.preprocess((images * 16)[:16])
-        run(x1), run(x16)  # warm-up (allocations, lazy compilation)
-        built[r] = (run, x1, x16)
+        forward_ms = lambda batch, ex=ex: ex.extract(batch, with_local=False).timings_ms["forward"]  # noqa: E731
+        forward_ms(one), forward_ms(sixteen)  # warm-up (allocations, lazy compilation)
+        built[r] = forward_ms
     b1: Dict[str, List[float]] = {r: [] for r in built}
     b16: Dict[str, List[float]] = {r: [] for r in built}
     for _ in range(rounds):
-        for r, (run, x1, x16) in built.items():
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                run(x1)
-                times.append(time.perf_counter() - t0)
-            b1[r].append(float(np.median(times)) * 1e3)
-            t0 = time.perf_counter()
-            run(x16)
-            b16[r].append(16.0 / (time.perf_counter() - t0))
+        for r, forward_ms in built.items():
+            b1[r].append(float(np.median([forward_ms(one) for _ in range(repeats)])))
+            b16[r].append(16e3 / forward_ms(sixteen))
     for r in built:
         rows[r].b1_ms, rows[r].b16_img_s = float(np.median(b1[r])), float(np.median(b16[r]))
     return [rows[r] for r in runtimes]
-
-
-def _eager(ex):
-    import torch
-
-    def run(x):
-        with torch.inference_mode():
-            return ex.model(x.to(ex.device, memory_format=torch.channels_last)).float().cpu().numpy()
-    return run
 
 
 def node_row(case: str, cfg: Config, bag: Path, rate: float, out: Path) -> NodeRow:
