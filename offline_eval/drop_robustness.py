@@ -17,10 +17,10 @@ from typing import List, Optional
 import numpy as np
 
 from offline_eval.benchmark import parse_overrides
-from offline_eval.direct import FRAME_PERIOD_NS
+from offline_eval.closures import as_stream
+from offline_eval.direct import extract_dataset, stream_stamps
 from vpr_core.config import load_config
 from vpr_core.datasets import load_dataset
-from vpr_core.images import load_image
 from vpr_core.pipeline import PlaceRecognizer
 
 
@@ -36,9 +36,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ds = load_dataset(args.dataset).segment_of(args.segment)
     cfg = load_config(args.config, parse_overrides(args.set))
     first = PlaceRecognizer(cfg)
-    frames = list(ds.database) + list(ds.queries)
-    out = first.extractor.extract([load_image(p) for p in frames], with_local=False)
-    n_db, worst = len(ds.database), 0
+    stream = as_stream(ds, extract_dataset(first.extractor, ds))  # the stream and its judge vpr-closures uses
+    frames, stamps, n_db, worst = stream.features, stream_stamps(len(stream.features)), len(ds.database), 0
     print(f"{ds.name}: {len(frames)} frames as one stream; decision of {args.config or 'config/default.yaml'}")
     print(f"{'dropped':>8}{'seed':>6}{'closures':>10}{'false':>7}  false (query frame -> matched database frame)")
     for ndrop in (int(x) for x in args.drops.split(",")):
@@ -48,14 +47,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             rec = PlaceRecognizer(cfg, extractor=first.extractor)
             frame_of, false, closures = {}, [], 0
             for i in np.flatnonzero(keep):
-                r = rec.process_descriptor(out.global_desc[i], int((i + 1) * FRAME_PERIOD_NS), "camera",
-                                           contrast=float(out.contrast[i]))
+                glob, _, contrast = frames[i]
+                r = rec.process_descriptor(glob, stamps[i], "camera", contrast=contrast)
                 frame_of[r.place_match.query.id] = int(i)
                 if r.loop_closure is None:
                     continue
                 closures += 1
                 m = frame_of[r.loop_closure.match.id]
-                if not (i >= n_db and m < n_db and m in ds.positives[i - n_db]):
+                if not stream.is_true(int(i), m):
                     false.append((int(i) - n_db, m))
             worst = max(worst, len(false))
             print(f"{ndrop:>8}{seed:>6}{closures:>10}{len(false):>7}  {false[:6]}")
