@@ -77,8 +77,10 @@ def _export(args: argparse.Namespace) -> int:
         path = export_onnx(model, cfg.model, args.out, who="vpr-core export")
     h, w = cfg.model.preprocess.image_size
     mb = sum(p.stat().st_size for p in path.parent.glob(path.stem + ".*")) / 1e6
-    print(f"wrote {path} ({mb:.1f} MB): input 'images' (B,3,{h},{w}) float32 after "
-          f"vpr_core preprocessing, output 'global_desc' (B,D) unit norm; {time.perf_counter() - t0:.1f} s")
+    local = ("; with its local head also 'local_desc' (B,N,C), 'local_xy' (B,N,2) input pixels, 'local_weight' "
+             "(B,N) when the head weighs its cells" if model.local_head is not None else "")
+    print(f"wrote {path} ({mb:.1f} MB): input 'images' (B,3,{h},{w}) float32 after vpr_core preprocessing, "
+          f"output 'global_desc' (B,D) unit norm{local}; {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -139,7 +141,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--config")
     p.set_defaults(fn=_extract)
-    p = sub.add_parser("export", help="export the configured model's global forward for other runtimes")
+    p = sub.add_parser("export", help="export the configured model (global descriptor, and local outputs with a local head) for other runtimes")
     p.add_argument("--config")
     p.add_argument("--format", choices=["onnx", "openvino"], default="onnx",
                    help="onnx (F.onnx) or openvino (IR: F.xml + F.bin)")

@@ -1,5 +1,6 @@
 """model.runtime: every runtime (torch.compile, onnxruntime, openvino) gives eager torch's descriptors within
-TOL (max abs difference on unit-norm descriptors of real corridor images); the exported runtimes cache their
+TOL (max abs difference on unit-norm descriptors of real corridor images), and the exported ones a re-ranking
+model's local features too; the exported runtimes cache their
 ONNX file (reused, a corrupt one rebuilt), take torch's thread count and say clearly what to install when
 their package is missing; `vpr-core export` writes files that load and give the same descriptors."""
 from __future__ import annotations
@@ -80,13 +81,47 @@ def test_missing_package_is_a_clear_error(monkeypatch, default_model, tmp_path):
         OnnxRuntime(_cfg(tmp_path), default_model)
 
 
-def test_local_head_refused(tmp_path):
+def test_compile_refuses_a_local_head(default_model):
+    """torch.compile runs the global descriptor only: a re-ranking model is refused with the runtimes that can."""
     from torch import nn
-    from vpr_core.models.runtimes import check_exportable
+    from vpr_core.models.runtimes import CompiledRuntime
     m = nn.Module()
     m.local_head = nn.Identity()
-    with pytest.raises(ConfigError, match="local head"):
-        check_exportable(m, "onnxruntime")
+    with pytest.raises(ConfigError, match="local head.*onnxruntime or openvino"):
+        CompiledRuntime(load_config().model, m)
+
+
+@pytest.fixture(scope="module")
+def rerank_model(repo_root):
+    from vpr_core.models import build_model
+    return build_model(load_config(str(repo_root / "config" / "default_rerank.yaml")).model)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_local_features_through_exported_runtimes_equal_eager_torch(runtime, rerank_model, repo_root, tmp_path_factory,
+                                                                    corridor_images):
+    """A re-ranking model (the stride-16 feature_map head) runs whole in the exported graph: the same global
+    descriptors, the same local cells at the same pixels, descriptors within float16 storage, and the same
+    mutual-nearest-neighbour match counts the re-ranker orders candidates by."""
+    pytest.importorskip(runtime)
+    from vpr_core.models import DescriptorExtractor
+    from vpr_core.rerank import build_reranker
+    cfg = load_config(str(repo_root / "config" / "default_rerank.yaml"))
+    eager = DescriptorExtractor(dataclasses.replace(cfg.model, runtime="torch"), rerank_model)
+    ex = DescriptorExtractor(dataclasses.replace(cfg.model, runtime=runtime, device="cpu",
+                                                 runtime_cache=str(tmp_path_factory.mktemp("cache"))), rerank_model)
+    assert ex.runtime.has_local and ex.runtime.exported
+    ref, got = eager.extract(corridor_images), ex.extract(corridor_images)
+    assert np.abs(got.global_desc - ref.global_desc).max() <= TOL
+    mnn = build_reranker(cfg.rerank)
+    for a, b in zip(ref.local, got.local):
+        assert len(a) == len(b) == 300 and a.image_hw == b.image_hw
+        ia, ib = np.lexsort(a.xy.T), np.lexsort(b.xy.T)  # the same cells, whatever order near-equal weights give
+        assert np.array_equal(a.xy[ia], b.xy[ib])
+        assert np.abs(a.desc[ia].astype(np.float32) - b.desc[ib].astype(np.float32)).max() <= 2e-3
+    for i in range(1, len(corridor_images)):
+        assert mnn.verify(got.local[0], got.local[i]).num_matches == mnn.verify(ref.local[0], ref.local[i]).num_matches
+    assert ex.extract(corridor_images[:1]).local[0].dim == 112  # batch 1, the node's path
 
 
 def test_bad_runtime_name_refused_by_validation():

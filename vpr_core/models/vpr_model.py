@@ -20,6 +20,7 @@ from vpr_core.models.backbones import BACKBONES
 from vpr_core.models.heads import HEADS
 from vpr_core.models.local import LOCAL_HEADS, LocalOutput
 from vpr_core.models.preprocess import Preprocessor
+from vpr_core.models.runtimes import ForwardArrays, build_runtime
 from vpr_core.models.weights import load_trained_weights, load_weights
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,13 @@ def resolve_device(spec: str) -> torch.device:
     return dev
 
 
+def _arrays(out: ModelOutput) -> ForwardArrays:
+    """Eager torch outputs as numpy, the form every runtime returns."""
+    lo = out.local
+    f32 = lambda t: t.float().cpu().numpy() if t is not None else None  # noqa: E731
+    return ForwardArrays(f32(out.global_desc), f32(lo.desc), f32(lo.xy), f32(lo.weight))
+
+
 @dataclass
 class Extracted:
     global_desc: np.ndarray  # (N, D) float32
@@ -127,7 +135,6 @@ class DescriptorExtractor:
         if self.device.type != "cuda":
             self.dtype = torch.float32  # half precision on CPU is slower and less accurate
         self.model.to(self.device, memory_format=torch.channels_last).eval()
-        from vpr_core.models.runtimes import build_runtime
         self.runtime = build_runtime(cfg, self.model)  # None = eager torch (below)
 
     @property
@@ -155,24 +162,21 @@ class DescriptorExtractor:
             x = self.preprocess(batch)
             t1 = time.perf_counter()
             t_pre += t1 - t0
-            if self.runtime is not None:  # global descriptors only (runtimes refuse local heads)
-                out.append(self.runtime(x))
-                t_fwd += time.perf_counter() - t1
-                continue
-            x = x.to(self.device, memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                if local is None:
-                    out.append(self.model(x).float().cpu().numpy())
-                    t_fwd += time.perf_counter() - t1
-                    continue
-                res = self.model.forward_all(x)
-            out.append(res.global_desc.float().cpu().numpy())
+            if self.runtime is not None:  # an exported graph: global and, with a local head, local outputs
+                arrays = self.runtime(x)
+            else:
+                x = x.to(self.device, memory_format=torch.channels_last)
+                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                    arrays = (ForwardArrays(self.model(x).float().cpu().numpy()) if local is None
+                              else _arrays(self.model.forward_all(x)))
             t_fwd += time.perf_counter() - t1  # the local features' selection below is not the forward pass
-            lo = res.local
+            out.append(arrays.global_desc)
+            if local is None:
+                continue
             for j, img in enumerate(batch):
                 h, w = img.shape[:2]
-                weight = lo.weight[j].float().cpu().numpy() if lo.weight is not None else None
-                local.append(select_local(lo.desc[j].float().cpu().numpy(), lo.xy[j].float().cpu().numpy(), weight,
+                weight = arrays.local_weight[j] if arrays.local_weight is not None else None
+                local.append(select_local(arrays.local_desc[j], arrays.local_xy[j], weight,
                                           self.cfg.max_local_features, (w / in_w, h / in_h), (h, w)))
         glob = np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
         return Extracted(glob, local, np.array([image_contrast(im) for im in images], np.float32),
