@@ -24,7 +24,7 @@ from offline_eval.benchmark import parse_overrides
 from offline_eval.direct import DatasetFeatures, contrast_of, extract_dataset, stream_stamps
 from vpr_core.config import Config, ConfigError, config_from_dict, load_config
 from vpr_core.datasets import DatasetError, PlaceDataset, load_dataset
-from vpr_core.detector import Consistency
+from vpr_core.consistency import Consistency
 from vpr_core.metrics import ClosureStats, pr_curve
 from vpr_core.models import DescriptorExtractor
 from vpr_core.pipeline import PlaceRecognizer

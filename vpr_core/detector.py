@@ -20,6 +20,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from vpr_core.config import DetectorConfig, RerankConfig
+from vpr_core.consistency import Consistency, PlaceLinks
 from vpr_core.geometry import CameraModel, PoseConfig
 from vpr_core.geometry.loop import NOT_ATTEMPTED, loop_pose
 from vpr_core.keyframes import KeyframePolicy, check_pose, pose_distance
@@ -28,15 +29,16 @@ from vpr_core.map_database import Candidate, Keyframe, MapDatabase, too_recent
 from vpr_core.rerank import Verification, build_reranker, rerank
 from vpr_core.sequence import SequenceMatcher, best_other
 
-__all__ = ["Decision", "FrameResult", "LoopClosure", "LoopClosureDetector", "PlaceMatch", "REJECTIONS", "STAGES",
-           "Verification"]
+__all__ = ["Decision", "FrameResult", "LoopClosure", "LoopClosureDetector", "PendingFrame", "PlaceMatch", "REJECTIONS",
+           "STAGES", "Verification"]
 
 # Where a frame's time goes, in flow order ("decode" is the node's, "model" the pipeline's).
 STAGES = ("decode", "model", "preprocess", "forward", "search", "rerank", "decision", "pose")  # model = preprocess + forward
 
 # Why a frame did not become a loop closure, in the order the gates are applied.
-REJECTIONS = ("uninformative", "empty_map", "too_recent", "short_sequence", "unverified", "below_threshold", "ambiguous",
-              "degenerate_geometry", "inconsistent")
+# "map_replaced": the frame was searched in a map that a load or reset replaced before it was decided.
+REJECTIONS = ("map_replaced", "uninformative", "empty_map", "too_recent", "short_sequence", "unverified",
+              "below_threshold", "ambiguous", "degenerate_geometry", "inconsistent")
 
 
 @dataclass
@@ -83,67 +85,41 @@ class Decision:
 
 
 @dataclass
+class SequencePick:
+    """The best sequence end of a prepared frame, scored but not yet verified."""
+    keyframe: Keyframe
+    cosine: float  # its own cosine with the frame
+    scores: np.ndarray  # every hypothesis's sequence score
+    ends: np.ndarray  # their map positions
+    best: int  # index of the pick in both
+
+
+@dataclass
+class PendingFrame:
+    """A frame between `LoopClosureDetector.prepare` (searched, keyframe added) and `decide`."""
+    query: Keyframe
+    db: MapDatabase  # the map it was searched in (a replaced map closes nothing)
+    found: List[Candidate]  # search order
+    positions: Dict[int, int]  # candidate id -> map position
+    sequence: Optional[SequencePick]
+    no_candidate: str  # the rejection when nothing is picked: empty_map, too_recent or short_sequence
+    query_local: Optional[LocalFeatures]
+    descriptor: np.ndarray
+    camera: Optional[CameraModel]
+    depth: Optional[np.ndarray]
+    contrast: float
+    frame_number: float  # its place in time, frame periods (Consistency)
+    period: float  # the camera period it was prepared with (0 = unknown)
+    timings_ms: Dict[str, float] = field(default_factory=dict)
+    is_keyframe: bool = False
+    busy_ms: float = 0.0  # time spent preparing it (the pipeline's: model included)
+
+
+@dataclass
 class FrameResult:
     place_match: PlaceMatch
     loop_closure: Optional[LoopClosure] = None
     decision: Decision = field(default_factory=Decision)
-
-
-class Consistency:
-    """Temporal consistency: how many consecutive gated frames matched places that move with the query.
-    The match must have advanced since each of the streak's last `span` frames as the query did, at a
-    velocity of the sequence band, give or take `window` frames: a match that slides back, leaps ahead
-    or stays put while the query moves breaks the streak. One rule for the detector and for offline
-    replays of its decisions."""
-
-    def __init__(self, window: float, velocities: Sequence[float] = (1.0,), span: int = 1) -> None:
-        self.window = float(window)
-        self.band = (float(min(velocities)), float(max(velocities)))
-        self.span = max(1, int(span))
-        self.reset()
-
-    def reset(self) -> None:
-        self.streak, self.recent = 0, []
-
-    def update(self, match: Optional[float], query: float = 0.0) -> int:
-        """The streak after this frame. `match`: the frame number (time in frame periods, or id) of the
-        keyframe that passed the gates, None if none did; `query`: this frame's frame number."""
-        if match is None:
-            self.reset()
-            return 0
-        agrees = bool(self.recent) and all(self._deviation(match - m, query - q) <= self.window
-                                           for m, q in self.recent[-self.span:])
-        self.streak = self.streak + 1 if agrees else 1
-        kept = self.recent if agrees and self.span > 1 else []
-        self.recent = kept[len(kept) - self.span + 1:] + [(match, query)]
-        return self.streak
-
-    def _deviation(self, moved: float, elapsed: float) -> float:
-        """How far the match's advance is from the band of advances the query's `elapsed` frames allow."""
-        return abs(moved - min(max(moved, self.band[0] * elapsed), self.band[1] * elapsed))
-
-
-class PlaceLinks:
-    """Keyframes known to show one place (linked by accepted closures), as a union-find over ids."""
-
-    def __init__(self) -> None:
-        self._parent: Dict[int, int] = {}
-
-    def find(self, kid: int) -> int:
-        root = kid
-        while self._parent.get(root, root) != root:
-            root = self._parent[root]
-        while kid != root:  # path compression
-            self._parent[kid], kid = root, self._parent.get(kid, kid)
-        return root
-
-    def link(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self._parent[max(ra, rb)] = min(ra, rb)
-
-    def same(self, a: int, b: int) -> bool:
-        return self.find(a) == self.find(b)
 
 
 class LoopClosureDetector:
@@ -218,12 +194,22 @@ class LoopClosureDetector:
                 camera: Optional[CameraModel] = None, depth: Optional[np.ndarray] = None,
                 contrast: float = float("nan")) -> FrameResult:
         """Search the map with one frame's descriptor, re-rank with its local features (when configured),
-        decide on a closure, maybe add a keyframe (with its local features, when given).
+        decide on a closure, maybe add a keyframe (with its local features, when given): `prepare` then
+        `decide`.
 
         `pose`: the camera's odometry pose [x, y, z, qx, qy, qz, qw] (keyframe policy, distance exclusion,
         stored with the keyframe). `camera` (intrinsics) and `depth` (aligned depth image of this frame)
         let the closure carry a relative pose, and let degenerate geometry reject it. `contrast` (the
         image's grey-level std, NaN = unknown): below `min_image_contrast` the frame is searched only."""
+        return self.decide(self.prepare(descriptor, stamp_ns, frame_id, pose, local, camera, depth, contrast))
+
+    def prepare(self, descriptor: np.ndarray, stamp_ns: int, frame_id: str,
+                pose: Optional[List[float]] = None, local: Optional[LocalFeatures] = None,
+                camera: Optional[CameraModel] = None, depth: Optional[np.ndarray] = None,
+                contrast: float = float("nan")) -> PendingFrame:
+        """The ordered, cheap half of `process`: validate, search, score sequences, maybe add a keyframe.
+        What is left (re-ranking, verification, the gates, temporal consistency) is `decide`'s, which may
+        run later on another thread: frames must be decided in the order they were prepared."""
         pose = check_pose(pose)
         query = Keyframe(self._next_id, int(stamp_ns), frame_id, pose)
         query_local = None
@@ -239,38 +225,54 @@ class LoopClosureDetector:
         t_search = time.perf_counter()
         found = self._search(descriptor, query.stamp_ns)
         timings = {"search": (time.perf_counter() - t_search) * 1e3}
-        global_candidates, rerank_ms = [], 0.0
-        if self.reranker is not None:
-            t0 = time.perf_counter()
-            head, tail = found[:self.rerank_cfg.top_k], found[self.rerank_cfg.top_k:]
-            candidates = rerank(query_local, head, self.db.local, self.reranker) + tail
-            rerank_ms = timings["rerank"] = (time.perf_counter() - t0) * 1e3
-            global_candidates = found
-        else:
-            candidates = found
-        t_decide = time.perf_counter()
-        decision = self._judge(candidates, query_local, descriptor, query.stamp_ns,
-                               camera or self.cameras.get(frame_id), depth)
-        if contrast < self.cfg.min_image_contrast:  # NaN (unknown) passes
-            # a dark frame looks like every other dark frame: it closes no loop itself, but stays in the
-            # sequence and the map (a tunnel's dark run at its place is a sequence's strongest signature)
-            decision.rejected, decision.detail = "uninformative", f"contrast {contrast:.3f}"
-        timings["decision"] = (time.perf_counter() - t_decide) * 1e3  # sequence, gates and pose
-        v = decision.candidate.verification if decision.candidate is not None else None
-        if v is not None and v.pose is not None:
-            timings["pose"] = float(v.pose.time_ms)
-        closure = self._accept(query, decision)
-        is_keyframe = self.mapping and self.keyframes.wants(descriptor, query.stamp_ns, pose)
-        if is_keyframe:
+        t_seq = time.perf_counter()
+        positions = {c.id: self.db.position(c.id) for c in found}
+        self.sequence.push(descriptor, list(positions.values()), query.stamp_ns)
+        seq = self._sequence_pick(query.stamp_ns) if self.cfg.sequence_length > 1 else None
+        why = "empty_map" if not len(self.db) else "too_recent" if not found else "short_sequence"
+        pending = PendingFrame(query, self.db, found, positions, seq, why, query_local, descriptor,
+                               camera or self.cameras.get(frame_id), depth, contrast,
+                               self._frame_number(query), self.sequence.period(), timings)
+        timings["decision"] = (time.perf_counter() - t_seq) * 1e3  # sequence scoring; decide adds the gates
+        pending.is_keyframe = self.mapping and self.keyframes.wants(descriptor, query.stamp_ns, pose)
+        if pending.is_keyframe:
             self.db.add(descriptor, query, query_local)  # validated above; raises before any change
             self.keyframes.added(descriptor, query.stamp_ns, pose)
             self._kf_odometer[query.id] = self._odometer.copy()
-            if closure is not None:
-                self.links.link(query.id, closure.match.id)  # the new keyframe shows the matched place
         self._next_id += 1
         self.db.id_floor = self._next_id  # saved with the map, so a restarted node never reuses an id
-        return FrameResult(PlaceMatch(query, is_keyframe, candidates[:self.cfg.top_k], global_candidates=global_candidates,
-                                      rerank_ms=rerank_ms, timings_ms=timings), closure, decision)
+        return pending
+
+    def decide(self, p: PendingFrame) -> FrameResult:
+        """The rest of `process` for a prepared frame: re-rank, verify, apply the gates and temporal
+        consistency. A frame searched in a map that has since been replaced (load, reset) closes nothing."""
+        timings = p.timings_ms
+        candidates, global_candidates, rerank_ms = p.found, [], 0.0
+        if self.reranker is not None and p.db is self.db:
+            t0 = time.perf_counter()
+            head, tail = p.found[:self.rerank_cfg.top_k], p.found[self.rerank_cfg.top_k:]
+            candidates = rerank(p.query_local, head, p.db.local, self.reranker) + tail
+            rerank_ms = timings["rerank"] = (time.perf_counter() - t0) * 1e3
+            global_candidates = p.found
+        t_decide = time.perf_counter()
+        if p.db is not self.db:
+            decision = Decision(rejected="map_replaced")
+        else:
+            decision = self._judge(p, candidates)
+        if decision.rejected != "map_replaced" and p.contrast < self.cfg.min_image_contrast:  # NaN passes
+            # a dark frame looks like every other dark frame: it closes no loop itself, but stays in the
+            # sequence and the map (a tunnel's dark run at its place is a sequence's strongest signature)
+            decision.rejected, decision.detail = "uninformative", f"contrast {p.contrast:.3f}"
+        timings["decision"] = timings.get("decision", 0.0) + (time.perf_counter() - t_decide) * 1e3
+        v = decision.candidate.verification if decision.candidate is not None else None
+        if v is not None and v.pose is not None:
+            timings["pose"] = float(v.pose.time_ms)
+        closure = self._accept(p, decision)
+        if p.is_keyframe and closure is not None:
+            self.links.link(p.query.id, closure.match.id)  # the new keyframe shows the matched place
+        return FrameResult(PlaceMatch(p.query, p.is_keyframe, candidates[:self.cfg.top_k],
+                                      global_candidates=global_candidates, rerank_ms=rerank_ms, timings_ms=timings),
+                           closure, decision)
 
     def relocalise(self, descriptor: np.ndarray, k: int, local: Optional[LocalFeatures] = None,
                    camera: Optional[CameraModel] = None, depth: Optional[np.ndarray] = None) -> List[Candidate]:
@@ -329,18 +331,14 @@ class LoopClosureDetector:
             return []
         return self.db.search(descriptor, k, stamp_ns, self._excluded, int(self.cfg.exclude_recent_s * 1e9))
 
-    def _judge(self, candidates: List[Candidate], query_local: Optional[LocalFeatures], descriptor: np.ndarray,
-               stamp_ns: int, camera: Optional[CameraModel], depth: Optional[np.ndarray]) -> Decision:
+    def _judge(self, p: PendingFrame, candidates: List[Candidate]) -> Decision:
         """Apply the gates to this frame's candidates; the verdict ignores temporal consistency."""
-        positions = np.array([self.db.position(c.id) for c in candidates], np.int64)
-        self.sequence.push(descriptor, positions, stamp_ns)
         if self.cfg.sequence_length > 1:
-            picked = self._by_sequence(descriptor, stamp_ns, query_local)
+            picked = self._by_sequence(p)
         else:
-            picked = self._by_frame(candidates, positions)
+            picked = self._by_frame(candidates, np.array([p.positions[c.id] for c in candidates], np.int64))
         if picked is None:
-            why = "empty_map" if not len(self.db) else "too_recent" if not candidates else "short_sequence"
-            return Decision(rejected=why)
+            return Decision(rejected=p.no_candidate)
         cand, score, other = picked
         v = cand.verification
         c = self.cfg
@@ -353,8 +351,8 @@ class LoopClosureDetector:
             d.rejected = "below_threshold"
         elif self.cfg.min_margin > 0 and not d.margin >= self.cfg.min_margin:  # NaN: no other place to compare
             d.rejected = "ambiguous"
-        elif camera is not None and query_local is not None:
-            self._check_geometry(d, query_local, camera, depth)
+        elif p.camera is not None and p.query_local is not None:
+            self._check_geometry(d, p.query_local, p.camera, p.depth)
         return d
 
     def _check_geometry(self, d: Decision, query_local: LocalFeatures, camera: CameraModel,
@@ -398,10 +396,9 @@ class LoopClosureDetector:
             other = float(scores.min())
         return candidates[0], float(scores[0]), other
 
-    def _by_sequence(self, descriptor: np.ndarray, stamp_ns: int,
-                     query_local: Optional[LocalFeatures]) -> Optional[tuple]:
-        """Sequence decision: the best-scoring sequence end among the hypotheses outside the exclusion
-        windows, verified with local features when re-ranking is on; the best other place's score."""
+    def _sequence_pick(self, stamp_ns: int) -> Optional[SequencePick]:
+        """The best-scoring sequence end among the hypotheses outside the exclusion windows, before
+        verification (None when there is none or the history is too short to score)."""
         ends = [p for p in self.sequence.hypotheses(len(self.db)) if self._matchable(int(p), stamp_ns)]
         if not ends:
             return None
@@ -412,14 +409,22 @@ class LoopClosureDetector:
         best = int(np.nanargmax(scores))
         kf = self.db.keyframe_at(int(ends[best]))
         cosine = float(self.db.descriptors_at(ends[best:best + 1])[0] @ self.sequence.current)
-        cand = Candidate(kf, cosine)
-        if self.reranker is not None and query_local is not None:
-            stored = self.db.local.get(kf.id)
-            cand.verification = (self.reranker.verify(query_local, stored) if stored is not None
+        return SequencePick(kf, cosine, scores, ends, best)
+
+    def _by_sequence(self, p: PendingFrame) -> Optional[tuple]:
+        """Sequence decision: the prepared pick, verified with local features when re-ranking is on, and
+        the best other place's score (NaN: no competing place, margin unknown)."""
+        s = p.sequence
+        if s is None:
+            return None
+        cand = Candidate(s.keyframe, s.cosine)
+        if self.reranker is not None and p.query_local is not None:
+            stored = p.db.local.get(s.keyframe.id)
+            cand.verification = (self.reranker.verify(p.query_local, stored) if stored is not None
                                  else self.reranker.unverifiable())
-        other = best_other(scores, ends, best, self.cfg.margin_window,
-                           lambda i: self.links.same(self.db.keyframe_at(int(ends[i])).id, kf.id))
-        return cand, float(scores[best]), other  # NaN other: no competing place, margin unknown
+        other = best_other(s.scores, s.ends, s.best, self.cfg.margin_window,
+                           lambda i: self.links.same(p.db.keyframe_at(int(s.ends[i])).id, s.keyframe.id))
+        return cand, float(s.scores[s.best]), other
 
     def _matchable(self, position: int, stamp_ns: int) -> bool:
         """Outside every exclusion window: the newest keyframes (count, distance, appearance change: this
@@ -428,12 +433,13 @@ class LoopClosureDetector:
             return False
         return not too_recent(self.db.keyframe_at(position), stamp_ns, int(self.cfg.exclude_recent_s * 1e9))
 
-    def _accept(self, query: Keyframe, d: Decision) -> Optional[LoopClosure]:
+    def _accept(self, p: PendingFrame, d: Decision) -> Optional[LoopClosure]:
         """Temporal consistency over the frames that passed the gates; count the rejection otherwise."""
         self.consistency.window = self.cfg.consistency_window  # a run-time parameter change applies at once
         self.consistency.span = max(1, self.cfg.temporal_consistency - 1)
-        d.streak = self.consistency.update(None if d.rejected else self._frame_number(d.candidate.keyframe),
-                                           self._frame_number(query))
+        query = p.query
+        d.streak = self.consistency.update(None if d.rejected else self._frame_number(d.candidate.keyframe, p.period),
+                                           p.frame_number)
         if d.rejected:
             self.rejections[d.rejected] += 1
             return None
@@ -446,10 +452,10 @@ class LoopClosureDetector:
         return LoopClosure(query, best, best.verification if best.verification is not None else Verification(),
                            sequence_score=seq, margin=d.margin)
 
-    def _frame_number(self, kf: Keyframe) -> float:
+    def _frame_number(self, kf: Keyframe, period: Optional[float] = None) -> float:
         """A frame's place in time in camera frame periods (frames dropped under load leave gaps); its id
-        when the stream's stamps give no period."""
-        period = self.sequence.period()
+        when the stream's stamps give no period (`period`: the one the frame was prepared with)."""
+        period = self.sequence.period() if period is None else period
         return kf.stamp_ns / period if period > 0 and kf.stamp_ns >= 0 else float(kf.id)
 
     @property

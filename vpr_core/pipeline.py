@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from vpr_core.config import Config, ConfigError
-from vpr_core.detector import FrameResult, LoopClosureDetector
+from vpr_core.detector import FrameResult, LoopClosureDetector, PendingFrame
 from vpr_core.geometry import CameraModel
 from vpr_core.id_floor import IdFloor
 from vpr_core.images import ImageError, ImageTooLarge, OpenCVError
@@ -132,34 +132,46 @@ class PlaceRecognizer:
         """Run the whole flow on one RGB frame; raises ImageError/DescriptorError on bad input.
         Global descriptor and local features (when the model has a local head) come from one pass.
         `pose` (odometry), `camera` (intrinsics, else camera.K) and `depth`: see LoopClosureDetector.process."""
+        return self.finish(self.prepare(image, stamp_ns, frame_id, pose, camera, depth))
+
+    def prepare(self, image: np.ndarray, stamp_ns: int, frame_id: str, pose: Optional[List[float]] = None,
+                camera: Optional[CameraModel] = None, depth: Optional[np.ndarray] = None) -> PendingFrame:
+        """The first half of `process`: model, search, sequence scores, keyframe. `finish` does the rest
+        (re-ranking, verification, the decision), possibly on another thread, in the same frame order."""
         t0 = time.perf_counter()
         out = self.extractor.extract([image], with_local=self.extractor.has_local)
         model_ms = (time.perf_counter() - t0) * 1e3
         local = out.local[0] if out.local else None
         if local is not None:
             self._local_dim = local.dim
-        result = self.process_descriptor(out.global_desc[0], stamp_ns, frame_id, t0, local=local, pose=pose,
-                                         camera=camera, depth=depth, contrast=float(out.contrast[0]))
-        result.place_match.timings_ms["model"] = model_ms  # preprocess + forward (+ local feature selection)
-        self.stats.stage_ms["model"].append(model_ms)
-        for stage, ms in out.timings_ms.items():
-            result.place_match.timings_ms[stage] = ms
-            self.stats.stage_ms[stage].append(ms)
-        return result
+        pending = self.prepare_descriptor(out.global_desc[0], stamp_ns, frame_id, local=local, pose=pose,
+                                          camera=camera, depth=depth, contrast=float(out.contrast[0]))
+        pending.busy_ms += model_ms
+        pending.timings_ms["model"] = model_ms  # preprocess + forward (+ local feature selection)
+        pending.timings_ms.update(out.timings_ms)
+        return pending
 
-    def process_descriptor(self, desc: np.ndarray, stamp_ns: int, frame_id: str,
-                           t0: Optional[float] = None, local: Optional[LocalFeatures] = None,
+    def prepare_descriptor(self, desc: np.ndarray, stamp_ns: int, frame_id: str, local: Optional[LocalFeatures] = None,
                            pose: Optional[List[float]] = None, camera: Optional[CameraModel] = None,
-                           depth: Optional[np.ndarray] = None, contrast: float = float("nan")) -> FrameResult:
-        """The flow after the model: search, decide, maybe add a keyframe. `contrast` is the image's
-        grey-level std (`Extracted.contrast`; NaN = unknown, never gated)."""
-        t0 = time.perf_counter() if t0 is None else t0
+                           depth: Optional[np.ndarray] = None, contrast: float = float("nan")) -> PendingFrame:
+        """`prepare` after the model: search, sequence scores, maybe add a keyframe. `contrast` is the
+        image's grey-level std (`Extracted.contrast`; NaN = unknown, never gated)."""
+        t0 = time.perf_counter()
         with self._lock:
             if self._ids is not None:
                 self._ids.reserve(self.detector.next_id)  # durable before the id is published
-            result = self.detector.process(desc, stamp_ns, frame_id, pose=pose, local=local,
-                                           camera=camera or self.camera, depth=depth, contrast=contrast)
-        result.place_match.latency_ms = (time.perf_counter() - t0) * 1e3
+            pending = self.detector.prepare(desc, stamp_ns, frame_id, pose=pose, local=local,
+                                            camera=camera or self.camera, depth=depth, contrast=contrast)
+        pending.busy_ms = (time.perf_counter() - t0) * 1e3
+        return pending
+
+    def finish(self, pending: PendingFrame) -> FrameResult:
+        """Re-rank, verify and decide a prepared frame; frames must be finished in the order prepared.
+        PlaceMatch.latency_ms: the time both halves spent working (a wait between them not counted)."""
+        t0 = time.perf_counter()
+        with self._lock:
+            result = self.detector.decide(pending)
+        result.place_match.latency_ms = pending.busy_ms + (time.perf_counter() - t0) * 1e3
         s = self.stats
         s.frames += 1
         s.place_matches += 1
@@ -173,6 +185,12 @@ class PlaceRecognizer:
         if self.detector.reranker is not None:
             s.rerank_ms.append(result.place_match.rerank_ms)
         return result
+
+    def process_descriptor(self, desc: np.ndarray, stamp_ns: int, frame_id: str, local: Optional[LocalFeatures] = None,
+                           pose: Optional[List[float]] = None, camera: Optional[CameraModel] = None,
+                           depth: Optional[np.ndarray] = None, contrast: float = float("nan")) -> FrameResult:
+        """The flow after the model, both halves at once: search, decide, maybe add a keyframe."""
+        return self.finish(self.prepare_descriptor(desc, stamp_ns, frame_id, local, pose, camera, depth, contrast))
 
     def record_delivery(self, end_to_end_ms: float, queue_ms: float) -> None:
         """The node's honest latency of one frame: from the image's arrival to its PlaceMatch publish

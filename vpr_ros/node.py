@@ -1,8 +1,9 @@
 """The loop-closure node: camera images in, vpr_msgs/PlaceMatch and LoopClosure out.
 
-The executor thread only converts and enqueues; a worker thread runs the model so callbacks
-never block. The queue is bounded: when the model falls behind, the oldest frame is dropped
-and counted. Bad frames are dropped and counted by reason, never fatal; oversized frames are
+The executor thread only converts and enqueues; a model worker decodes, runs the model, searches
+and adds the keyframe; a decision worker re-ranks, verifies, decides and publishes, so the next
+frame's model pass never waits for this frame's verification. The input queue is bounded: when the
+model falls behind, the oldest frame is dropped and counted. Bad frames are dropped and counted by reason, never fatal; oversized frames are
 refused before decoding; the map survives restarts and crashes (vpr_ros.map_service).
 Issue #10's interface lives in its own modules: side inputs (odometry, CameraInfo, depth) in
 vpr_ros.inputs, services in vpr_ros.services, /diagnostics, ~/markers and ~/debug_image in
@@ -81,9 +82,14 @@ class LoopClosureNode(Node):
         self._received = 0  # frames that reached a callback (diagnostics: rate in)
         self._setup_interface(topics)
         self._queue: "queue.Queue[Optional[Frame]]" = queue.Queue(maxsize=max(1, n.queue_size))
+        # prepared frames (model, search, keyframe done) waiting for re-ranking and the decision; when
+        # full, the model worker waits, so frames back up (and are dropped, counted) only at the input
+        self._decisions: "queue.Queue[Optional[tuple]]" = queue.Queue(maxsize=max(1, n.queue_size))
         self._stop = threading.Event()
-        self._worker = threading.Thread(target=self._work, name="vpr_worker", daemon=True)
+        self._worker = threading.Thread(target=self._work, name="vpr_model", daemon=True)
+        self._decider = threading.Thread(target=self._decide, name="vpr_decide", daemon=True)
         self._worker.start()
+        self._decider.start()
 
     # ---- input -------------------------------------------------------------------------------
     def _stamp(self, header, stream: str) -> int:
@@ -125,8 +131,9 @@ class LoopClosureNode(Node):
                 except queue.Empty:
                     pass
 
-    # ---- processing --------------------------------------------------------------------------
+    # ---- processing: the model's worker prepares frames, the decision worker finishes them -------
     def _work(self) -> None:
+        """Decode, model, search, keyframe: the next frame starts while the last one is re-ranked."""
         while not self._stop.is_set():
             try:
                 frame = self._queue.get(timeout=0.1)
@@ -134,9 +141,21 @@ class LoopClosureNode(Node):
                 continue
             if frame is None:
                 break
-            self._process(*frame)
+            prepared = self._prepare(*frame)
+            if prepared is not None:
+                self._decisions.put(prepared)  # blocks while the decision worker is a queue behind
+        self._decisions.put(None)
 
-    def _process(self, decode: Callable[[], np.ndarray], stamp_ns: int, frame_id: str, arrival: float) -> None:
+    def _decide(self) -> None:
+        """Re-rank, verify, decide and publish, in the order the frames were prepared."""
+        while True:
+            item = self._decisions.get()
+            if item is None:
+                break
+            self._finish(*item)
+
+    def _prepare(self, decode: Callable[[], np.ndarray], stamp_ns: int, frame_id: str,
+                 arrival: float) -> Optional[tuple]:
         try:
             t_decode = time.perf_counter()
             waited_ms = (t_decode - arrival) * 1e3
@@ -144,14 +163,25 @@ class LoopClosureNode(Node):
             self.recognizer.record_stage("decode", (time.perf_counter() - t_decode) * 1e3)
             frame_id = frame_id or self.cfg.node.default_frame_id
             side = self.sensors.for_frame(stamp_ns, frame_id)  # odometry pose, intrinsics, depth
-            result = self.recognizer.process(rgb, stamp_ns, frame_id, pose=side.pose, camera=side.camera,
-                                             depth=side.depth)
+            pending = self.recognizer.prepare(rgb, stamp_ns, frame_id, pose=side.pose, camera=side.camera,
+                                              depth=side.depth)
         except Exception as exc:  # never let one frame kill the node: drop it, counted by reason
-            reason = drop_reason(exc)
-            count = self.recognizer.drop(reason)
-            why = str(exc).strip() if reason != "error" else f"{type(exc).__name__}: {exc}"
-            self.get_logger().warning(f"dropped frame at {stamp_ns} ns ({reason}, {count} so far): {why}",
-                                      throttle_duration_sec=2.0)
+            self._dropped(exc, stamp_ns)
+            return None
+        return pending, rgb, side, arrival, waited_ms
+
+    def _dropped(self, exc: BaseException, stamp_ns: int) -> None:
+        reason = drop_reason(exc)
+        count = self.recognizer.drop(reason)
+        why = str(exc).strip() if reason != "error" else f"{type(exc).__name__}: {exc}"
+        self.get_logger().warning(f"dropped frame at {stamp_ns} ns ({reason}, {count} so far): {why}",
+                                  throttle_duration_sec=2.0)
+
+    def _finish(self, pending, rgb: np.ndarray, side, arrival: float, waited_ms: float) -> None:
+        try:
+            result = self.recognizer.finish(pending)
+        except Exception as exc:  # the keyframe is stored; the frame's match is lost, counted
+            self._dropped(exc, pending.query.stamp_ns)
             return
         if not self.context.ok():  # shutting down: the map keeps the frame, nobody is listening
             return
@@ -236,9 +266,10 @@ class LoopClosureNode(Node):
         return SetParametersResult(successful=True)
 
     def shutdown(self) -> None:
-        """Finish queued frames, stop the worker, save the map if configured."""
+        """Finish queued frames, stop the workers, save the map if configured."""
         self._queue.put(None)
         self._worker.join(timeout=30.0)
+        self._decider.join(timeout=30.0)  # the model worker's last act is to end the decision queue
         self._stop.set()
         self.maps.shutdown()  # autosave (never over a foreign or unreadable file), exact next id recorded
         s = self.recognizer.stats.summary()
