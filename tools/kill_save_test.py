@@ -41,7 +41,8 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from offline_eval.replay import NodeProcess, ros_env, write_params  # noqa: E402
 from vpr_core.config import load_config  # noqa: E402
-from vpr_core.map_database import Keyframe, MapDatabase, MapError  # noqa: E402
+from vpr_core.keyframes import Keyframe
+from vpr_core.map_database import MapDatabase, MapError  # noqa: E402
 from vpr_msgs.msg import PlaceMatch  # noqa: E402
 from vpr_msgs.srv import SaveMap  # noqa: E402
 from vpr_ros.conversions import rgb_to_image, to_ns  # noqa: E402

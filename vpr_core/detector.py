@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
@@ -23,10 +23,10 @@ from vpr_core.config import DetectorConfig, RerankConfig
 from vpr_core.consistency import Consistency, PlaceLinks
 from vpr_core.geometry import CameraModel, PoseConfig
 from vpr_core.geometry.loop import NOT_ATTEMPTED, loop_pose
-from vpr_core.keyframes import KeyframePolicy, check_pose, pose_distance
-from vpr_core.local_features import LocalFeatures
-from vpr_core.map_database import Candidate, Keyframe, MapDatabase, too_recent
-from vpr_core.rerank import Verification, build_reranker, rerank
+from vpr_core.keyframes import Candidate, Keyframe, KeyframePolicy, check_pose, pose_distance
+from vpr_core.local_features import LocalFeatures, Verification
+from vpr_core.map_database import MapDatabase, too_recent
+from vpr_core.rerank import build_reranker, rerank
 from vpr_core.sequence import SequenceMatcher, best_other
 
 __all__ = ["Decision", "FrameResult", "LoopClosure", "LoopClosureDetector", "PendingFrame", "PlaceMatch", "REJECTIONS",

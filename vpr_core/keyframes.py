@@ -1,13 +1,39 @@
-"""Which frames join the map: by time, by travelled distance or rotation (when odometry gives a
-pose), and by novelty (not too similar to the last keyframe). Every rule is off at its neutral value."""
+"""Keyframes: what the map remembers about one (`Keyframe`), a search hit (`Candidate`), and which
+frames join the map (`KeyframePolicy`): by time, by travelled distance or rotation (when odometry gives
+a pose), and by novelty (not too similar to the last keyframe). Every rule is off at its neutral value."""
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from vpr_core.config import DetectorConfig
+from vpr_core.local_features import Verification
+
+
+@dataclass
+class Keyframe:
+    """What the map remembers about a keyframe besides its descriptor."""
+    id: int
+    stamp_ns: int
+    frame_id: str = ""
+    pose: Optional[List[float]] = None  # [x, y, z, qx, qy, qz, qw] in the map frame, when known
+    local_features: str = ""  # where its local features live ("local.npz" in the map file), "" = none
+
+
+@dataclass
+class Candidate:
+    """One search hit: a keyframe and its cosine similarity to the query (and, once re-ranked, how its
+    local features matched the query's)."""
+    keyframe: Keyframe
+    score: float
+    verification: Optional["Verification"] = field(default=None, compare=False)
+
+    @property
+    def id(self) -> int:
+        return self.keyframe.id
 
 
 def pose_distance(a: Sequence[float], b: Sequence[float]) -> float:

@@ -1,11 +1,21 @@
-"""Local features of one image: keypoint positions and descriptors, stored compactly (float16,
-capped count) for re-ranking the map's candidates."""
+"""Local features, in one place: one image's keypoints and descriptors (`LocalFeatures`, float16, capped
+count), the map's store of them (`LocalFeatureStore`), what comparing two images' features found
+(`Verification`), and the errors a malformed descriptor raises. Below the map and the re-rankers, so
+neither imports the other for these.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Tuple
+import io
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from vpr_core.config import MAX_LOCAL_FEATURES
+from vpr_core.map_file import read_npz
+
+if TYPE_CHECKING:
+    from vpr_core.geometry.pose import PoseResult
 
 
 @dataclass
@@ -37,3 +47,137 @@ def select_local(desc: np.ndarray, xy: np.ndarray, weight: Optional[np.ndarray],
     d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
     pts = np.asarray(xy, np.float32)[keep] * np.asarray(scale_xy, np.float32)
     return LocalFeatures(pts.astype(np.float32), d.astype(np.float16), image_hw)
+
+
+class DescriptorError(ValueError):
+    """A descriptor has the wrong shape or holds NaN/inf: it is rejected, the map stays intact."""
+
+
+class LocalFeatureError(DescriptorError):
+    """Local features have the wrong shape or size, or hold NaN/inf: rejected, the map stays intact."""
+
+
+@dataclass
+class Verification:
+    """How a match was checked beyond the global score; -1 means "not computed"."""
+    method: str = "none"  # none | mnn | degensac
+    verified: bool = False  # the local score reached rerank.min_inliers
+    num_matches: int = -1  # mutual-nearest-neighbour (putative) matches
+    num_inliers: int = -1  # geometric inliers among them (degensac only)
+    fundamental: Optional[np.ndarray] = field(default=None, compare=False)  # 3x3 F (degensac, model fundamental)
+    homography: Optional[np.ndarray] = field(default=None, compare=False)  # 3x3 H (degensac, model homography)
+    relative_pose: Optional[List[float]] = None  # [x,y,z,qx,qy,qz,qw] query in match frame, when known
+    pose: Optional["PoseResult"] = field(default=None, compare=False, repr=False)  # the estimate behind it
+    time_ms: float = 0.0  # time spent verifying this pair
+
+    @property
+    def local_score(self) -> int:
+        """The number the candidates are re-ranked by: inliers when estimated, else mutual matches."""
+        return self.num_inliers if self.num_inliers >= 0 else self.num_matches
+
+
+class LocalFeatureStore:
+    """Keyframe id -> LocalFeatures, compact: float16 descriptors (N,C), float32 pixel xy (N,2).
+
+    One descriptor size per map (fixed by the first keyframe stored, or by `dim`). The count per
+    keyframe is capped where the features are made (`model.max_local_features`, strongest first).
+    """
+
+    def __init__(self, dim: int = 0) -> None:
+        self.dim = int(dim)  # 0 = not known yet
+        self._items: Dict[int, LocalFeatures] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, kid: int) -> bool:
+        return int(kid) in self._items
+
+    def ids(self) -> Iterator[int]:
+        return iter(self._items)
+
+    def get(self, kid: int) -> Optional[LocalFeatures]:
+        return self._items.get(int(kid))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(lf.xy.nbytes + lf.desc.nbytes for lf in self._items.values())
+
+    def check(self, local: LocalFeatures) -> LocalFeatures:
+        """The compact, validated copy of `local`; raises LocalFeatureError and changes nothing."""
+        if not isinstance(local, LocalFeatures):
+            raise LocalFeatureError(f"local features must be a LocalFeatures, got {type(local).__name__}")
+        xy, desc = np.asarray(local.xy), np.asarray(local.desc)
+        if xy.ndim != 2 or xy.shape[1] != 2 or desc.ndim != 2 or len(xy) != len(desc):
+            raise LocalFeatureError(f"local features need xy (N,2) and desc (N,C); got {xy.shape} and {desc.shape}")
+        if self.dim and desc.shape[1] != self.dim:
+            raise LocalFeatureError(f"local descriptors are {desc.shape[1]}-D, the map holds {self.dim}-D ones "
+                                    f"(it was built with another local head; rebuild it or switch model)")
+        if desc.shape[1] == 0:
+            raise LocalFeatureError("local descriptors have no channels")
+        if len(desc) > MAX_LOCAL_FEATURES:
+            raise LocalFeatureError(f"{len(desc)} local features for one image, at most {MAX_LOCAL_FEATURES} are "
+                                    f"stored (lower model.max_local_features)")
+        with np.errstate(over="ignore"):  # values beyond the float16/float32 range become inf: rejected below
+            desc16 = desc.astype(np.float16)
+            xy32 = xy.astype(np.float32)
+        if not np.all(np.isfinite(desc16)):
+            raise LocalFeatureError("local descriptors hold NaN or inf values (or exceed the float16 range)")
+        if not np.all(np.isfinite(xy32)):
+            raise LocalFeatureError("local feature positions hold NaN or inf values")
+        hw = tuple(int(v) for v in local.image_hw)
+        if len(hw) != 2 or min(hw) <= 0:
+            raise LocalFeatureError(f"local features need a positive image size (h, w), got {local.image_hw}")
+        return LocalFeatures(np.ascontiguousarray(xy32), np.ascontiguousarray(desc16), hw)
+
+    def put(self, kid: int, checked: LocalFeatures) -> None:
+        """Store features that `check` returned."""
+        if not self.dim:
+            self.dim = checked.dim
+        self._items[int(kid)] = checked
+
+    def add(self, kid: int, local: LocalFeatures) -> None:
+        self.put(kid, self.check(local))
+
+    # ---- persistence: one npz of concatenated arrays + offsets -----------------------------
+    def to_bytes(self, order: Optional[Sequence[int]] = None) -> bytes:
+        ids = [i for i in (order if order is not None else self._items) if i in self._items]
+        items = [self._items[i] for i in ids]
+        counts = np.array([len(lf) for lf in items], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        dim = self.dim
+        xy = np.concatenate([lf.xy for lf in items]) if items else np.zeros((0, 2), np.float32)
+        desc = np.concatenate([lf.desc for lf in items]) if items else np.zeros((0, dim), np.float16)
+        hw = np.array([lf.image_hw for lf in items], np.int64).reshape(-1, 2)
+        buf = io.BytesIO()
+        np.savez(buf, ids=np.array(ids, np.int64), offsets=offsets, xy=xy.astype(np.float32),
+                 desc=desc.astype(np.float16), image_hw=hw, dim=np.array(dim, np.int64))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "LocalFeatureStore":
+        """Parse `to_bytes` output; raises ValueError on any inconsistency (never a partial store)."""
+        arrays = read_npz(data, _NPZ_SPEC)
+        ids, offsets, xy, desc, hw = (arrays[k] for k in ("ids", "offsets", "xy", "desc", "image_hw"))
+        dim = int(arrays["dim"])
+        if (xy.dtype != np.float32 or desc.dtype != np.float16 or ids.ndim != 1 or offsets.shape != (len(ids) + 1,)
+                or xy.ndim != 2 or xy.shape[1] != 2 or desc.ndim != 2 or len(desc) != len(xy)
+                or hw.shape != (len(ids), 2) or (len(desc) and desc.shape[1] != dim)):
+            raise ValueError("local.npz arrays have inconsistent shapes or types")
+        if offsets[0] != 0 or offsets[-1] != len(xy) or np.any(np.diff(offsets) < 0):
+            raise ValueError("local.npz offsets do not partition its feature arrays")
+        if len(set(ids.tolist())) != len(ids):
+            raise ValueError("local.npz names a keyframe twice")
+        if np.any(np.diff(offsets) > MAX_LOCAL_FEATURES) or (len(hw) and hw.min() <= 0):
+            raise ValueError(f"local.npz holds more than {MAX_LOCAL_FEATURES} features for a keyframe or an empty image size")
+        if not (np.all(np.isfinite(xy)) and np.all(np.isfinite(desc))):
+            raise ValueError("local.npz holds NaN or inf values")
+        store = cls(dim)
+        for k, kid in enumerate(ids.tolist()):
+            a, b = int(offsets[k]), int(offsets[k + 1])
+            store._items[int(kid)] = LocalFeatures(xy[a:b], desc[a:b], (int(hw[k, 0]), int(hw[k, 1])))
+        return store
+
+
+_NPZ_SPEC = {"ids": ("i8", 1), "offsets": ("i8", 1), "xy": ("f4", 2), "desc": ("f2", 2), "image_hw": ("i8", 2),
+             "dim": ("i8", 0)}  # LocalFeatureStore.to_bytes' arrays: dtype, ndim

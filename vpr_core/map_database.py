@@ -5,64 +5,29 @@ single-file save that is written to a temporary file and renamed, so a crash nev
 half-written map. The file format, and the checks on every field of it when loading, are in
 vpr_core.map_file; index types and their byte layout in vpr_core.map_index.
 
-Keyframes' local features (for re-ranking) live beside the index in a `LocalFeatureStore`: float16
-descriptors and float32 positions, saved in the same map file as `local.npz` (concatenated arrays
-plus offsets), covered by the checksum. Format version 2; version 1 maps (no local features) load.
+Keyframes' local features (for re-ranking) live beside the index in a `LocalFeatureStore`
+(vpr_core.local_features), saved in the same map file as `local.npz`, covered by the checksum. Format
+version 2; version 1 maps (no local features) load. Keyframe and Candidate are vpr_core.keyframes'.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import faiss
 import numpy as np
 
-from vpr_core.config import MAX_LOCAL_FEATURES
-from vpr_core.local_features import LocalFeatures
-from vpr_core.map_file import (DEFAULT_MAX_BYTES, INDEX_MEMBER, LOCAL_MEMBER, MAGIC, META_MEMBER,  # noqa: F401
-                               READABLE_VERSIONS, VERSION, MapError, read_map_file, read_npz, write_map_file)
-from vpr_core.map_index import INDEX_TYPES  # noqa: F401 -- re-exported: map index types live there
-
-if TYPE_CHECKING:
-    from vpr_core.rerank import Verification
+from vpr_core.keyframes import Candidate, Keyframe
+from vpr_core.local_features import DescriptorError, LocalFeatures, LocalFeatureStore
+from vpr_core.map_file import (DEFAULT_MAX_BYTES, INDEX_MEMBER, LOCAL_MEMBER, MAGIC, META_MEMBER, VERSION, MapError,
+                               read_map_file, write_map_file)
+from vpr_core.map_index import INDEX_TYPES
 
 log = logging.getLogger(__name__)
-
-
-class DescriptorError(ValueError):
-    """A descriptor has the wrong shape or holds NaN/inf: it is rejected, the map stays intact."""
-
-
-class LocalFeatureError(DescriptorError):
-    """Local features have the wrong shape or size, or hold NaN/inf: rejected, the map stays intact."""
-
-
-@dataclass
-class Keyframe:
-    """What the map remembers about a keyframe besides its descriptor."""
-    id: int
-    stamp_ns: int
-    frame_id: str = ""
-    pose: Optional[List[float]] = None  # [x, y, z, qx, qy, qz, qw] in the map frame, when known
-    local_features: str = ""  # where its local features live ("local.npz" in the map file), "" = none
-
-
-@dataclass
-class Candidate:
-    """One search hit: a keyframe and its cosine similarity to the query (and, once re-ranked, how its
-    local features matched the query's)."""
-    keyframe: Keyframe
-    score: float
-    verification: Optional["Verification"] = field(default=None, compare=False)
-
-    @property
-    def id(self) -> int:
-        return self.keyframe.id
 
 
 def too_recent(kf: Keyframe, query_stamp_ns: Optional[int], exclude_recent_ns: int) -> bool:
@@ -72,113 +37,6 @@ def too_recent(kf: Keyframe, query_stamp_ns: Optional[int], exclude_recent_ns: i
 
 def gpu_usable() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
-
-
-class LocalFeatureStore:
-    """Keyframe id -> LocalFeatures, compact: float16 descriptors (N,C), float32 pixel xy (N,2).
-
-    One descriptor size per map (fixed by the first keyframe stored, or by `dim`). The count per
-    keyframe is capped where the features are made (`model.max_local_features`, strongest first).
-    """
-
-    def __init__(self, dim: int = 0) -> None:
-        self.dim = int(dim)  # 0 = not known yet
-        self._items: Dict[int, LocalFeatures] = {}
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, kid: int) -> bool:
-        return int(kid) in self._items
-
-    def ids(self) -> Iterator[int]:
-        return iter(self._items)
-
-    def get(self, kid: int) -> Optional[LocalFeatures]:
-        return self._items.get(int(kid))
-
-    @property
-    def nbytes(self) -> int:
-        return sum(lf.xy.nbytes + lf.desc.nbytes for lf in self._items.values())
-
-    def check(self, local: LocalFeatures) -> LocalFeatures:
-        """The compact, validated copy of `local`; raises LocalFeatureError and changes nothing."""
-        if not isinstance(local, LocalFeatures):
-            raise LocalFeatureError(f"local features must be a LocalFeatures, got {type(local).__name__}")
-        xy, desc = np.asarray(local.xy), np.asarray(local.desc)
-        if xy.ndim != 2 or xy.shape[1] != 2 or desc.ndim != 2 or len(xy) != len(desc):
-            raise LocalFeatureError(f"local features need xy (N,2) and desc (N,C); got {xy.shape} and {desc.shape}")
-        if self.dim and desc.shape[1] != self.dim:
-            raise LocalFeatureError(f"local descriptors are {desc.shape[1]}-D, the map holds {self.dim}-D ones "
-                                    f"(it was built with another local head; rebuild it or switch model)")
-        if desc.shape[1] == 0:
-            raise LocalFeatureError("local descriptors have no channels")
-        if len(desc) > MAX_LOCAL_FEATURES:
-            raise LocalFeatureError(f"{len(desc)} local features for one image, at most {MAX_LOCAL_FEATURES} are "
-                                    f"stored (lower model.max_local_features)")
-        with np.errstate(over="ignore"):  # values beyond the float16/float32 range become inf: rejected below
-            desc16 = desc.astype(np.float16)
-            xy32 = xy.astype(np.float32)
-        if not np.all(np.isfinite(desc16)):
-            raise LocalFeatureError("local descriptors hold NaN or inf values (or exceed the float16 range)")
-        if not np.all(np.isfinite(xy32)):
-            raise LocalFeatureError("local feature positions hold NaN or inf values")
-        hw = tuple(int(v) for v in local.image_hw)
-        if len(hw) != 2 or min(hw) <= 0:
-            raise LocalFeatureError(f"local features need a positive image size (h, w), got {local.image_hw}")
-        return LocalFeatures(np.ascontiguousarray(xy32), np.ascontiguousarray(desc16), hw)
-
-    def put(self, kid: int, checked: LocalFeatures) -> None:
-        """Store features that `check` returned."""
-        if not self.dim:
-            self.dim = checked.dim
-        self._items[int(kid)] = checked
-
-    def add(self, kid: int, local: LocalFeatures) -> None:
-        self.put(kid, self.check(local))
-
-    # ---- persistence: one npz of concatenated arrays + offsets -----------------------------
-    def to_bytes(self, order: Optional[Sequence[int]] = None) -> bytes:
-        ids = [i for i in (order if order is not None else self._items) if i in self._items]
-        items = [self._items[i] for i in ids]
-        counts = np.array([len(lf) for lf in items], np.int64)
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        dim = self.dim
-        xy = np.concatenate([lf.xy for lf in items]) if items else np.zeros((0, 2), np.float32)
-        desc = np.concatenate([lf.desc for lf in items]) if items else np.zeros((0, dim), np.float16)
-        hw = np.array([lf.image_hw for lf in items], np.int64).reshape(-1, 2)
-        buf = io.BytesIO()
-        np.savez(buf, ids=np.array(ids, np.int64), offsets=offsets, xy=xy.astype(np.float32),
-                 desc=desc.astype(np.float16), image_hw=hw, dim=np.array(dim, np.int64))
-        return buf.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "LocalFeatureStore":
-        """Parse `to_bytes` output; raises ValueError on any inconsistency (never a partial store)."""
-        arrays = read_npz(data, _NPZ_SPEC)
-        ids, offsets, xy, desc, hw = (arrays[k] for k in ("ids", "offsets", "xy", "desc", "image_hw"))
-        dim = int(arrays["dim"])
-        if (xy.dtype != np.float32 or desc.dtype != np.float16 or ids.ndim != 1 or offsets.shape != (len(ids) + 1,)
-                or xy.ndim != 2 or xy.shape[1] != 2 or desc.ndim != 2 or len(desc) != len(xy)
-                or hw.shape != (len(ids), 2) or (len(desc) and desc.shape[1] != dim)):
-            raise ValueError("local.npz arrays have inconsistent shapes or types")
-        if offsets[0] != 0 or offsets[-1] != len(xy) or np.any(np.diff(offsets) < 0):
-            raise ValueError("local.npz offsets do not partition its feature arrays")
-        if len(set(ids.tolist())) != len(ids):
-            raise ValueError("local.npz names a keyframe twice")
-        if np.any(np.diff(offsets) > MAX_LOCAL_FEATURES) or (len(hw) and hw.min() <= 0):
-            raise ValueError(f"local.npz holds more than {MAX_LOCAL_FEATURES} features for a keyframe or an empty image size")
-        if not (np.all(np.isfinite(xy)) and np.all(np.isfinite(desc))):
-            raise ValueError("local.npz holds NaN or inf values")
-        store = cls(dim)
-        for k, kid in enumerate(ids.tolist()):
-            a, b = int(offsets[k]), int(offsets[k + 1])
-            store._items[int(kid)] = LocalFeatures(xy[a:b], desc[a:b], (int(hw[k, 0]), int(hw[k, 1])))
-        return store
-
-
-_NPZ_SPEC = {"ids": ("i8", 1), "offsets": ("i8", 1), "xy": ("f4", 2), "desc": ("f2", 2), "image_hw": ("i8", 2),
-             "dim": ("i8", 0)}  # LocalFeatureStore.to_bytes' arrays: dtype, ndim
 
 
 @dataclass
@@ -208,6 +66,16 @@ class MapDatabase:
                 self._index = faiss.index_cpu_to_all_gpus(self._cpu_index)
         self.on_gpu = self._index is not self._cpu_index
         self._position: Dict[int, int] = {kid: p for p, kid in enumerate(self._order)}  # id -> insertion position
+        self._reindex_stamps()
+
+    def _reindex_stamps(self) -> None:
+        """Ids and stamps in insertion order as growable arrays (the exclusion windows read them every
+        frame), and whether the stamps never decrease."""
+        stamps = np.array([self.keyframes[i].stamp_ns for i in self._order], np.int64)
+        self._id_stamps = np.empty((2, max(1024, 2 * len(stamps))), np.int64)  # row 0 ids, row 1 stamps
+        self._id_stamps[0, :len(stamps)] = self._order
+        self._id_stamps[1, :len(stamps)] = stamps
+        self._stamps_sorted = bool(np.all(np.diff(stamps) >= 0))
 
     def __len__(self) -> int:
         return len(self._order)
@@ -244,7 +112,12 @@ class MapDatabase:
         elif keyframe.local_features == LOCAL_MEMBER:  # e.g. copied from another map: its features are not here
             keyframe.local_features = ""
         self.keyframes[keyframe.id] = keyframe
-        self._position[keyframe.id] = len(self._order)
+        n = len(self._order)
+        if n == self._id_stamps.shape[1]:
+            self._id_stamps = np.concatenate([self._id_stamps, np.empty_like(self._id_stamps)], axis=1)
+        self._id_stamps[:, n] = (keyframe.id, keyframe.stamp_ns)
+        self._stamps_sorted = self._stamps_sorted and (n == 0 or keyframe.stamp_ns >= self._id_stamps[1, n - 1])
+        self._position[keyframe.id] = n
         self._order.append(keyframe.id)
 
     def local_features(self, kid: int) -> Optional[LocalFeatures]:
@@ -254,28 +127,53 @@ class MapDatabase:
     def search(self, descriptor: np.ndarray, k: int, query_stamp_ns: Optional[int] = None,
                exclude_recent_count: int = 0, exclude_recent_ns: int = 0) -> List[Candidate]:
         """Top-k keyframes by cosine similarity, skipping the last `exclude_recent_count` added and any
-        within `exclude_recent_ns` of `query_stamp_ns` (so a robot does not "close a loop" with itself)."""
+        within `exclude_recent_ns` of `query_stamp_ns` (so a robot does not "close a loop" with itself).
+        One FAISS search: the excluded keyframes are left out inside it (an id selector), not filtered
+        after it, so a frame that looks most like its own recent past does not rescan the map."""
         vec = self._check(descriptor)
+        if k <= 0 or not len(self):
+            return []
+        excluded = self.excluded_ids(query_stamp_ns, exclude_recent_count, exclude_recent_ns)
+        k = min(k, len(self) - len(excluded))
         if k <= 0:
             return []
-        excluded = set(self._order[-exclude_recent_count:]) if exclude_recent_count > 0 else set()
-        fetch = min(len(self), k + len(excluded))
-        while fetch > 0:
-            scores, ids = self._index.search(vec, fetch)
-            out = []
-            for score, kid in zip(scores[0], ids[0]):
-                if kid < 0 or int(kid) in excluded:
-                    continue
-                kf = self.keyframes[int(kid)]
-                if too_recent(kf, query_stamp_ns, exclude_recent_ns):
-                    continue
-                out.append(Candidate(kf, float(score)))
-                if len(out) == k:
-                    return out
-            if fetch >= len(self):
-                return out
-            fetch = min(len(self), fetch * 2)  # time-excluded hits used up the slack: look deeper
-        return []
+        if not len(excluded):
+            scores, ids = self._index.search(vec, k)
+        elif self.on_gpu:  # GPU indexes take no id selector: fetch enough to drop the excluded ones
+            scores, ids = self._index.search(vec, min(len(self), k + len(excluded)))
+            keep = ~np.isin(ids[0], excluded)
+            scores, ids = scores[:, keep][:, :k], ids[:, keep][:, :k]
+        else:
+            scores, ids = self._index.search(vec, k, params=self._without(excluded))
+        return [Candidate(self.keyframes[int(kid)], float(score)) for score, kid in zip(scores[0], ids[0]) if kid >= 0]
+
+    def excluded_ids(self, query_stamp_ns: Optional[int], recent_count: int, recent_ns: int) -> np.ndarray:
+        """Ids of the last `recent_count` keyframes added and of those within `recent_ns` of the query's stamp
+        (a binary search while stamps grow in insertion order, as they do within a session)."""
+        n = len(self)
+        ids, stamps = self._id_stamps[0, :n], self._id_stamps[1, :n]
+        parts = [ids[max(0, n - recent_count):]] if recent_count > 0 else []
+        if query_stamp_ns is not None and recent_ns > 0 and n:
+            lo_t, hi_t = int(query_stamp_ns) - int(recent_ns), int(query_stamp_ns) + int(recent_ns)
+            if self._stamps_sorted:  # strictly inside (lo_t, hi_t), like too_recent
+                parts.append(ids[np.searchsorted(stamps, lo_t, "right"):np.searchsorted(stamps, hi_t, "left")])
+            else:
+                parts.append(ids[(stamps > lo_t) & (stamps < hi_t)])
+        if not parts:
+            return np.zeros(0, np.int64)
+        return np.unique(np.concatenate(parts)) if len(parts) > 1 else parts[0].copy()
+
+    def _without(self, excluded: np.ndarray) -> faiss.SearchParameters:
+        """Search parameters that leave the `excluded` ids out (and keep the index's own search settings)."""
+        batch = faiss.IDSelectorBatch(excluded)
+        sel = faiss.IDSelectorNot(batch)
+        inner = faiss.downcast_index(self._cpu_index.index)
+        if isinstance(inner, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=inner.hnsw.efSearch)
+        else:
+            params = faiss.SearchParameters(sel=sel)
+        params._keep = (sel, batch)  # the selectors must outlive the parameters (SWIG holds raw pointers)
+        return params
 
     def position(self, kid: int) -> int:
         """Where keyframe `kid` sits in insertion order (the route as driven): sequence matching walks it."""
@@ -341,6 +239,7 @@ class MapDatabase:
         db.keyframes = {kf["id"]: Keyframe(**kf) for kf in contents.keyframes}
         db._order = list(contents.order)
         db._position = {kid: p for p, kid in enumerate(db._order)}
+        db._reindex_stamps()
         db.id_floor = header.get("next_id", 0)
         if contents.local_bytes is not None:
             try:

@@ -21,8 +21,9 @@ from vpr_core.detector import FrameResult, LoopClosureDetector, PendingFrame
 from vpr_core.geometry import CameraModel
 from vpr_core.id_floor import IdFloor
 from vpr_core.images import ImageError, ImageTooLarge, OpenCVError
-from vpr_core.local_features import LocalFeatures
-from vpr_core.map_database import Candidate, DescriptorError, MapDatabase, MapError
+from vpr_core.keyframes import Candidate
+from vpr_core.local_features import DescriptorError, LocalFeatures
+from vpr_core.map_database import MapDatabase, MapError
 from vpr_core.map_file import write_map_file
 from vpr_core.models import DescriptorExtractor
 from vpr_core.runtime import apply_threads

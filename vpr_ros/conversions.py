@@ -16,7 +16,7 @@ from vpr_core.detector import LoopClosure as CoreLoopClosure
 from vpr_core.detector import PlaceMatch as CorePlaceMatch
 from vpr_core.geometry import CameraModel
 from vpr_core.images import decode_compressed, decode_raw, encode_raw
-from vpr_core.rerank import Verification
+from vpr_core.local_features import Verification
 from vpr_msgs.msg import LoopClosure, PlaceMatch
 
 

@@ -7,9 +7,10 @@ import math
 
 import numpy as np
 
-from vpr_core.detector import LoopClosure, Verification
+from vpr_core.detector import LoopClosure
 from vpr_core.geometry import PoseResult
-from vpr_core.map_database import Candidate, Keyframe
+from vpr_core.keyframes import Candidate, Keyframe
+from vpr_core.local_features import Verification
 from vpr_ros.conversions import loop_closure_msg, to_ns
 
 

@@ -21,7 +21,8 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
 from rclpy.qos import ReliabilityPolicy
 
-from vpr_core.map_database import Keyframe, MapDatabase
+from vpr_core.keyframes import Keyframe
+from vpr_core.map_database import MapDatabase
 from vpr_ros.conversions import to_ns
 
 NODE = "loop_closure_node"

@@ -8,7 +8,8 @@ import pytest
 
 from vpr_core.config import DetectorConfig
 from vpr_core.detector import FrameResult, LoopClosure, LoopClosureDetector, PlaceMatch
-from vpr_core.map_database import Keyframe, MapDatabase
+from vpr_core.keyframes import Keyframe
+from vpr_core.map_database import MapDatabase
 
 DIM = 64
 SEC = 1_000_000_000
@@ -210,7 +211,7 @@ def test_keyframe_max_similarity_uses_cosine_for_unnormalised_descriptors():
 
 
 def test_bad_descriptor_raises_and_changes_nothing():
-    from vpr_core.map_database import DescriptorError
+    from vpr_core.local_features import DescriptorError
     places = _places(5)
     det = _detector()
     _run(det, places)

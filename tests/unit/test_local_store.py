@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from vpr_core.config import ConfigError, load_config
-from vpr_core.local_features import LocalFeatures
-from vpr_core.map_database import (Keyframe, LocalFeatureError, LocalFeatureStore, MapDatabase, MapError)
+from vpr_core.keyframes import Keyframe
+from vpr_core.local_features import LocalFeatureError, LocalFeatures, LocalFeatureStore
+from vpr_core.map_database import MapDatabase, MapError
 from vpr_core.pipeline import PlaceRecognizer
 
 DIM = 32  # global descriptors

@@ -7,7 +7,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from vpr_core.map_database import Candidate, DescriptorError, Keyframe, MapDatabase, MapError
+from vpr_core.keyframes import Candidate, Keyframe
+from vpr_core.local_features import DescriptorError
+from vpr_core.map_database import MapDatabase, MapError
 
 DIM = 32
 INDEXES = ["flat", "hnsw"]
@@ -94,7 +96,7 @@ def test_exclude_recent_ns_excludes_keyframes_close_in_time():
 
 
 @pytest.mark.parametrize("index", INDEXES)
-def test_time_exclusion_looks_deeper_when_the_nearest_are_all_recent(index):
+def test_time_exclusion_reaches_past_the_nearest_when_they_are_all_recent(index):
     """Forty recent keyframes near the query and fourteen old ones: top-k must come from the old ones."""
     rng = np.random.default_rng(3)
     base = _unit(rng, 1)[0]
@@ -109,6 +111,46 @@ def test_time_exclusion_looks_deeper_when_the_nearest_are_all_recent(index):
     expected = _brute_force({i: (old[i] + 0.3 * base) / np.linalg.norm(old[i] + 0.3 * base) for i in range(14)},
                             base, range(14), 3)
     assert [h.id for h in hits] == expected
+
+
+class _CountingIndex:
+    """Forwards to a FAISS index, counting its searches."""
+
+    def __init__(self, index):
+        self.index, self.searches = index, 0
+
+    def search(self, *args, **kw):
+        self.searches += 1
+        return self.index.search(*args, **kw)
+
+
+@pytest.mark.parametrize("index", INDEXES)
+@pytest.mark.parametrize("stamps", ["driven", "two_sessions"])
+def test_exclusion_windows_cost_one_search(index, stamps):
+    """The recent keyframes (by count and by time) are left out inside one FAISS search, even when every
+    one of them is nearer the query than the rest of the map (a real frame looks like its recent past),
+    and whether the stamps grow in insertion order or not (a previous session's map loaded first)."""
+    rng = np.random.default_rng(7)
+    base = _unit(rng, 1)[0]
+    db = MapDatabase(DIM, index, "false")
+    old = _unit(rng, 30)
+    # "two_sessions": another run's keyframes first, stamped after this run's, a third of them inside the window
+    t_old = (np.arange(30) if stamps == "driven" else 170 + 2 * np.arange(30)) * 10**9
+    for i, d in enumerate(old):
+        db.add(d + 0.3 * base, Keyframe(i, int(t_old[i])))
+    recent = [base + 0.05 * _unit(rng, 1)[0] for _ in range(60)]
+    for j, d in enumerate(recent):
+        db.add(d, Keyframe(100 + j, (100 + j) * 10**9))
+    db._index = counting = _CountingIndex(db._index)
+    hits = db.search(base, k=5, query_stamp_ns=160 * 10**9, exclude_recent_ns=30 * 10**9, exclude_recent_count=20)
+    assert counting.searches == 1
+    outside = lambda t: abs(160 * 10**9 - int(t)) >= 30 * 10**9  # noqa: E731  (too_recent's rule)
+    allowed = {i: (old[i] + 0.3 * base) / np.linalg.norm(old[i] + 0.3 * base) for i in range(30) if outside(t_old[i])}
+    allowed.update({100 + j: recent[j] / np.linalg.norm(recent[j]) for j in range(40)  # the last 20 added: out
+                    if outside((100 + j) * 10**9)})
+    assert 100 in allowed and 130 in allowed and 131 not in allowed
+    assert [h.id for h in hits] == _brute_force(allowed, base, allowed, 5)
+    assert {h.id for h in hits} <= set(allowed) and len(hits) == 5
 
 
 @pytest.mark.parametrize("index", INDEXES)

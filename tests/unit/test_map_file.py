@@ -16,8 +16,9 @@ import faiss
 import numpy as np
 import pytest
 
+from vpr_core.keyframes import Keyframe
 from vpr_core.local_features import LocalFeatures
-from vpr_core.map_database import Keyframe, MapDatabase, MapError
+from vpr_core.map_database import MapDatabase, MapError
 
 DIM = 16
 LDIM = 8

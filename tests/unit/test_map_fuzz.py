@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from map_mutations import cases, write_cases
+
+from vpr_core.keyframes import Keyframe
 from vpr_core.local_features import LocalFeatures
-from vpr_core.map_database import Keyframe, MapDatabase, MapError
+from vpr_core.map_database import MapDatabase, MapError
 
 DIM = 1280  # the default model's descriptor size
 MIN_CASES = 200

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from vpr_core.config import MapConfig
-from vpr_core.map_database import Keyframe, MapDatabase
+from vpr_core.keyframes import Keyframe
+from vpr_core.map_database import MapDatabase
 from vpr_core.map_paths import (MapPathError, check_overwritable, clean_stale_temporaries, confine, map_directory,
                                 move_aside)
 

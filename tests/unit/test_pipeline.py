@@ -6,7 +6,9 @@ import pytest
 
 from vpr_core.config import load_config
 from vpr_core.images import ImageError
-from vpr_core.map_database import DescriptorError, Keyframe, MapDatabase, MapError
+from vpr_core.keyframes import Keyframe
+from vpr_core.local_features import DescriptorError
+from vpr_core.map_database import MapDatabase, MapError
 from vpr_core.pipeline import PipelineStats, PlaceRecognizer
 
 SEC = 1_000_000_000
@@ -157,7 +159,7 @@ def test_a_non_empty_map_passed_in_is_used(cfg, default_extractor):
 
 
 def test_stats_count_keyframes_and_closures_separately(default_extractor):
-    cfg = load_config(overrides={"detector.sequence_length": 1, "detector.exclude_recent_change": 0.0, "detector.temporal_consistency": 2, "detector.keyframe_min_interval_s": 10.0, "detector.exclude_recent_count": 0,
+    cfg = load_config(overrides={"detector.sequence_length": 1, "detector.exclude_recent_change": 0.0, "detector.keyframe_min_interval_s": 10.0, "detector.exclude_recent_count": 0,
                                  "detector.exclude_recent_s": 0.0, "detector.temporal_consistency": 1})
     pr = PlaceRecognizer(cfg, extractor=default_extractor)
     d = _unit_rows(1, 1280, seed=5)[0]

@@ -18,7 +18,7 @@ from vpr_core.config import load_config
 from vpr_core.frame_gaps import GapEstimator
 from vpr_core.id_floor import IdFloor
 from vpr_core.images import ImageError, ImageTooLarge, OpenCVError
-from vpr_core.map_database import DescriptorError
+from vpr_core.local_features import DescriptorError
 from vpr_core.pipeline import DROP_REASONS, PlaceRecognizer, drop_reason
 
 DIM = 32

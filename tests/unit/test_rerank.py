@@ -8,8 +8,9 @@ import torch
 
 from vpr_core.config import DetectorConfig, RerankConfig
 from vpr_core.detector import LoopClosureDetector
-from vpr_core.local_features import LocalFeatures
-from vpr_core.map_database import Candidate, Keyframe, LocalFeatureError, LocalFeatureStore, MapDatabase
+from vpr_core.keyframes import Candidate, Keyframe
+from vpr_core.local_features import LocalFeatureError, LocalFeatures, LocalFeatureStore
+from vpr_core.map_database import MapDatabase
 from vpr_core.rerank import build_reranker, rerank
 from vpr_core.rerank.degensac import DegensacReranker
 from vpr_core.rerank.matching import mutual_nn

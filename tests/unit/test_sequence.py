@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vpr_core.map_database import Keyframe, MapDatabase
+from vpr_core.keyframes import Keyframe
+from vpr_core.map_database import MapDatabase
 from vpr_core.sequence import SequenceMatcher, best_other
 
 DIM = 32
@@ -141,6 +142,7 @@ def test_a_gpu_map_keeps_its_host_copy_current(monkeypatch, tmp_path):
     read the host index, which must see every add. Simulated here with a second CPU index as the
     'device' (no GPU on this machine)."""
     import faiss
+
     import vpr_core.map_database as mdb
     monkeypatch.setattr(mdb, "gpu_usable", lambda: True)
     monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda index: faiss.clone_index(index))

@@ -5,36 +5,13 @@ agree (`Verification`); `vpr_core.rerank.rerank` orders the candidates by that.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 
-from vpr_core.local_features import LocalFeatures
+from vpr_core.local_features import LocalFeatureError, LocalFeatures, Verification
 from vpr_core.registry import Registry
 from vpr_core.rerank.matching import mutual_nn
-
-if TYPE_CHECKING:
-    from vpr_core.geometry.pose import PoseResult
-
-
-@dataclass
-class Verification:
-    """How a match was checked beyond the global score; -1 means "not computed"."""
-    method: str = "none"  # none | mnn | degensac
-    verified: bool = False  # the local score reached rerank.min_inliers
-    num_matches: int = -1  # mutual-nearest-neighbour (putative) matches
-    num_inliers: int = -1  # geometric inliers among them (degensac only)
-    fundamental: Optional[np.ndarray] = field(default=None, compare=False)  # 3x3 F (degensac, model fundamental)
-    homography: Optional[np.ndarray] = field(default=None, compare=False)  # 3x3 H (degensac, model homography)
-    relative_pose: Optional[List[float]] = None  # [x,y,z,qx,qy,qz,qw] query in match frame, when known
-    pose: Optional["PoseResult"] = field(default=None, compare=False, repr=False)  # the estimate behind it
-    time_ms: float = 0.0  # time spent verifying this pair
-
-    @property
-    def local_score(self) -> int:
-        """The number the candidates are re-ranked by: inliers when estimated, else mutual matches."""
-        return self.num_inliers if self.num_inliers >= 0 else self.num_matches
 
 
 class Reranker:
@@ -56,7 +33,6 @@ class Reranker:
     @staticmethod
     def check_pair(query: LocalFeatures, candidate: LocalFeatures) -> None:
         if query.dim != candidate.dim:
-            from vpr_core.map_database import LocalFeatureError
             raise LocalFeatureError(f"query local features are {query.dim}-D but the map's are {candidate.dim}-D: "
                                     f"the map was built with another local head; rebuild it or switch model")
 

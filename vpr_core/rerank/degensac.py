@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-from vpr_core.local_features import LocalFeatures
-from vpr_core.rerank.base import RERANKERS, MatchingReranker, Verification
+from vpr_core.local_features import LocalFeatures, Verification
+from vpr_core.rerank.base import RERANKERS, MatchingReranker
 
 MIN_MATCHES = 8  # the 7/8-point solvers need at least this many correspondences; fewer = unverified
 MODELS = ("fundamental", "homography")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from vpr_core.local_features import LocalFeatures
-from vpr_core.rerank.base import RERANKERS, MatchingReranker, Verification
+from vpr_core.local_features import LocalFeatures, Verification
+from vpr_core.rerank.base import RERANKERS, MatchingReranker
 
 
 @RERANKERS.register("mnn")

@@ -1,0 +1,219 @@
+"""`python -m offline_eval.map_bench`: how the map's search scales, and what each index option costs in recall.
+
+1. Search time at one query per call (the node's hot path) in maps of `--sizes` keyframes, per index
+   option (`map.index`), beside numpy brute force, a bare FAISS flat search (no exclusion: the floor) and
+   the map's previous search (exclusion filtered after the search) measured in the same run: median and
+   p95 ms over `--queries` queries, each with the config's exclusion windows (`exclude_recent_count`,
+   `exclude_recent_s`; keyframes 0.1 s apart), build time and index bytes per keyframe. Maps are filled
+   with real descriptors (corridor and the Nordland test stretch through the configured model), repeated
+   with small noise up to the size; the map's most recent keyframes are real descriptors held out of
+   that filler, and the queries are noisy copies of them (a robot sees what it saw a moment ago): what
+   makes the exclusion windows costly.
+2. Recall@1 of each option against exact search on the real datasets (corridor; Nordland test stretch
+   2700:3576, winter queries against the summer database), with the benchmark's positives.
+
+Thread counts come from the config's `runtime` section (FAISS: `runtime.search_threads`, 1 by default).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from offline_eval.benchmark import parse_overrides
+from offline_eval.direct import extract_dataset
+from vpr_core.config import ConfigError, load_config
+from vpr_core.datasets import PlaceDataset, load_dataset
+from vpr_core.keyframes import Keyframe
+from vpr_core.map_database import MapDatabase
+from vpr_core.map_index import INDEX_TYPES
+from vpr_core.metrics import recall_at_k
+from vpr_core.runtime import apply_threads
+
+REPO = Path(__file__).resolve().parent.parent
+DATASETS = REPO.parent / "shared" / "datasets"
+PERIOD_NS = 100_000_000  # keyframes 0.1 s apart (10 Hz), so the 5 s window holds the last 50
+
+
+@dataclass
+class SpeedRow:
+    size: int
+    option: str
+    build_s: float = float("nan")
+    median_ms: float = float("nan")
+    p95_ms: float = float("nan")
+    bytes_per_kf: float = float("nan")
+    note: str = ""
+
+
+def filler(real: np.ndarray, n: int, noise: float = 0.05, seed: int = 0) -> np.ndarray:
+    """n unit descriptors: the real ones repeated, each copy moved by a little noise (float32)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, real.shape[1]), np.float32)
+    for a in range(0, n, 65536):
+        b = min(n, a + 65536)
+        x = real[np.arange(a, b) % len(real)] + noise * rng.standard_normal((b - a, real.shape[1]), np.float32) \
+            / np.sqrt(real.shape[1])
+        out[a:b] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def _timed(fn, queries: np.ndarray) -> np.ndarray:
+    fn(queries[0])  # warm-up
+    ms = []
+    for q in queries:
+        t0 = time.perf_counter()
+        fn(q)
+        ms.append((time.perf_counter() - t0) * 1e3)
+    return np.asarray(ms)
+
+
+def build_map(descs: np.ndarray, option: str, progress: bool = False) -> MapDatabase:
+    """A map of these descriptors, keyframe i stamped i * 0.1 s."""
+    db = MapDatabase(descs.shape[1], option, "false")
+    for i in tqdm(range(len(descs)), desc=f"build {option} {len(descs)}", disable=not progress, mininterval=2):
+        db.add(descs[i], Keyframe(i, (i + 1) * PERIOD_NS))
+    return db
+
+
+def filtered_after(index: faiss.Index, stamps: np.ndarray, q: np.ndarray, k: int, count: int, window_ns: int,
+                   stamp: int) -> List[int]:
+    """The map's search before this benchmark's change, kept as a baseline: fetch k + the count-excluded
+    keyframes, drop the excluded ones after the search, and search again twice as deep while too few are
+    left (a frame that looks like its recent past rescans the map)."""
+    n = index.ntotal
+    fetch = min(n, k + count)
+    while True:
+        _, ids = index.search(q[None], fetch)
+        out = [int(i) for i in ids[0] if i < n - count and abs(stamp - int(stamps[i])) >= window_ns]
+        if len(out) >= k or fetch >= n:
+            return out[:k]
+        fetch = min(n, fetch * 2)
+
+
+def speed_rows(real: np.ndarray, sizes: Sequence[int], options: Sequence[str], k: int, count: int,
+               window_s: float, n_queries: int, progress: bool) -> List[SpeedRow]:
+    """Per map size: the baselines and each option; queries look like the map's last keyframes (a robot
+    sees what it saw a moment ago), so the exclusion windows decide what the search may return."""
+    rows: List[SpeedRow] = []
+    window_ns = int(window_s * 1e9)
+    for n in sizes:
+        recent = max(count, int(window_ns // PERIOD_NS))
+        # the map's last `recent` keyframes are the robot's last seconds: real descriptors found nowhere
+        # else in the map (held out of the filler), and the queries look like them
+        x = np.concatenate([filler(real[recent:], n - recent), filler(real[:recent], recent, seed=1)])
+        stamps = (np.arange(n, dtype=np.int64) + 1) * PERIOD_NS
+        stamp = int(stamps[-1]) + PERIOD_NS  # the query comes right after the last keyframe
+        queries = filler(x[n - recent:], n_queries, noise=0.3, seed=2)
+        usable = n - recent  # what the exclusion windows leave (stamps are 0.1 s apart)
+
+        def brute(q):
+            s = x[:usable] @ q  # the recent ones left out by slicing: numpy's best case
+            top = np.argpartition(-s, k)[:k]
+            return top[np.argsort(-s[top])]
+        rows.append(SpeedRow(n, "numpy brute force", 0.0, *_stats(_timed(brute, queries)), x.nbytes / n))
+        flat = faiss.IndexFlatIP(x.shape[1])
+        t0 = time.perf_counter()
+        flat.add(x)
+        rows.append(SpeedRow(n, "faiss flat, no exclusion", time.perf_counter() - t0,
+                             *_stats(_timed(lambda q: flat.search(q[None], k), queries)), x.nbytes / n))
+        rows.append(SpeedRow(n, "flat, exclusion filtered after the search (before)", 0.0, *_stats(_timed(
+            lambda q: filtered_after(flat, stamps, q, k, count, window_ns, stamp), queries)), x.nbytes / n))
+        del flat
+        for option in options:
+            t0 = time.perf_counter()
+            db = build_map(x, option, progress)
+            build = time.perf_counter() - t0
+            size = len(faiss.serialize_index(db._cpu_index)) / n
+            ms = _timed(lambda q: db.search(q, k, stamp, count, window_ns), queries)
+            rows.append(SpeedRow(n, f"map {option}", build, *_stats(ms), size))
+            del db
+    return rows
+
+
+def _stats(ms: np.ndarray) -> tuple:
+    return float(np.median(ms)), float(np.percentile(ms, 95))
+
+
+def recall_rows(features: Dict[str, tuple], options: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """Recall@1 per dataset and option (database mapped, queries searched, no exclusion)."""
+    out: Dict[str, Dict[str, float]] = {}
+    for name, (db_desc, q_desc, positives) in features.items():
+        out[name] = {}
+        for option in options:
+            db = build_map(db_desc, option)
+            ranked = np.array([[c.id for c in db.search(q, 1)] for q in q_desc], np.int64)
+            out[name][option] = recall_at_k(ranked, positives, (1,))[1]
+    return out
+
+
+def print_speed(rows: List[SpeedRow], k: int, count: int, window_s: float) -> None:
+    print(f"\nSearch at one query per call, top {k}, excluding the last {count} keyframes and those within "
+          f"{window_s:g} s (keyframes at 10 Hz; ms; ratio = faiss flat without exclusion / option, same map)")
+    print("| keyframes | option | build s | median ms | p95 ms | vs faiss flat | index bytes / keyframe |")
+    print("|---|---|---|---|---|---|---|")
+    floor = {r.size: r.median_ms for r in rows if r.option.startswith("faiss flat")}
+    for r in rows:
+        print(f"| {r.size:,} | {r.option} | {r.build_s:.1f} | {r.median_ms:.2f} | {r.p95_ms:.2f} | "
+              f"{floor[r.size] / r.median_ms:.2f}x | {r.bytes_per_kf:,.0f} |")
+
+
+def print_recall(recalls: Dict[str, Dict[str, float]]) -> None:
+    options = list(next(iter(recalls.values())))
+    print("\nRecall@1 on real datasets (database mapped, queries searched)")
+    print("| dataset | " + " | ".join(options) + " |\n|---|" + "---|" * len(options))
+    for name, by in recalls.items():
+        print(f"| {name} | " + " | ".join(f"{by[o]:.3f}" for o in options) + " |")
+
+
+def _features(ex, ds: PlaceDataset, progress: bool) -> tuple:
+    f = extract_dataset(ex, ds, progress=progress)
+    return f.database.global_desc, f.queries.global_desc, ds.positives
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="map_bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="model config (default: config/default.yaml)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    ap.add_argument("--sizes", default="10000,100000", help="map sizes of the speed table (keyframes)")
+    ap.add_argument("--options", default=",".join(INDEX_TYPES.names()), help="map.index options to compare")
+    ap.add_argument("--queries", type=int, default=200, help="queries timed per map")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    options = [o.strip() for o in args.options.split(",") if o.strip()]
+    unknown = set(options) - set(INDEX_TYPES.names())
+    if unknown:
+        ap.error(f"unknown --options {sorted(unknown)}; known: {', '.join(INDEX_TYPES.names())}")
+    try:
+        cfg = load_config(args.config, parse_overrides(args.set))
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+        corridor = load_dataset(DATASETS / "corridor")
+        nordland = load_dataset(DATASETS / "nordland_summer_winter_64x32").segment_of("2700:3576")
+    except (ConfigError, ValueError) as exc:
+        print(f"map_bench: {exc}", file=sys.stderr)
+        return 2
+    apply_threads(cfg.runtime)
+    from vpr_core.models import DescriptorExtractor
+    ex = DescriptorExtractor(cfg.model)
+    progress = not args.no_progress
+    features = {"corridor": _features(ex, corridor, progress), "Nordland test 2700:3576": _features(ex, nordland, progress)}
+    real = np.concatenate([np.concatenate(f[:2]) for f in features.values()])
+    d = cfg.detector
+    k = max(d.top_k, d.sequence_candidates)
+    print(f"{len(real)} real descriptors ({ex.dim}-D, {cfg.model.name}); FAISS threads {faiss.omp_get_max_threads()}")
+    print_recall(recall_rows(features, options))
+    rows = speed_rows(real, sizes, options, k, d.exclude_recent_count, d.exclude_recent_s, args.queries, progress)
+    print_speed(rows, k, d.exclude_recent_count, d.exclude_recent_s)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

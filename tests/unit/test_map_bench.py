@@ -1,0 +1,49 @@
+"""offline_eval.map_bench: its baseline is the map's previous search (same results, more searches), its
+filler keeps descriptors unit-norm, and its tables report what was measured."""
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from offline_eval.map_bench import SpeedRow, build_map, filler, filtered_after, print_speed, speed_rows
+
+PERIOD = 100_000_000
+
+
+def test_filler_repeats_real_descriptors_with_small_noise():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(7, 64)).astype(np.float32)
+    real /= np.linalg.norm(real, axis=1, keepdims=True)
+    x = filler(real, 30, noise=0.05)
+    assert x.shape == (30, 64) and x.dtype == np.float32
+    assert np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    assert np.all(np.sum(x * real[np.arange(30) % 7], axis=1) > 0.99)  # copy i is near real descriptor i % 7
+
+
+def test_baseline_equals_the_map_search_it_replaced():
+    """The benchmark's 'before' row returns what the map's one-search exclusion returns."""
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(40, 32)).astype(np.float32)
+    x = filler(real / np.linalg.norm(real, axis=1, keepdims=True), 400)
+    stamps = (np.arange(400, dtype=np.int64) + 1) * PERIOD
+    flat = faiss.IndexFlatIP(32)
+    flat.add(x)
+    db = build_map(x, "flat")
+    stamp = int(stamps[-1]) + PERIOD
+    for q in filler(x[-50:], 10, noise=0.3, seed=3):
+        old = filtered_after(flat, stamps, q, 20, 10, 5 * 10**9, stamp)
+        assert old == [c.id for c in db.search(q, 20, stamp, 10, 5 * 10**9)]
+        assert min(old) >= 0 and max(old) <= 350  # none of the last 49 (strictly within 5 s at 10 Hz)
+
+
+def test_speed_rows_measure_every_option_and_the_table_prints_them(capsys):
+    rng = np.random.default_rng(2)
+    real = rng.normal(size=(120, 32)).astype(np.float32)
+    real /= np.linalg.norm(real, axis=1, keepdims=True)
+    rows = speed_rows(real, [500], ["flat", "hnsw"], k=5, count=10, window_s=5.0, n_queries=5, progress=False)
+    assert [r.option for r in rows] == ["numpy brute force", "faiss flat, no exclusion",
+                                        "flat, exclusion filtered after the search (before)", "map flat", "map hnsw"]
+    assert all(r.median_ms > 0 and r.p95_ms >= r.median_ms and r.bytes_per_kf >= 128 for r in rows)
+    print_speed(rows + [SpeedRow(500, "x", 1.0, 2.0, 3.0, 100.0)], 5, 10, 5.0)
+    out = capsys.readouterr().out
+    assert "| 500 | map hnsw |" in out and "| 500 | x | 1.0 | 2.00 | 3.00 |" in out
