@@ -2,7 +2,8 @@
 
     vpr-core model [--config F]            build the configured model, print its descriptor size
     vpr-core extract IMAGES... --out F.npy  descriptors of image files (batched, with progress)
-    vpr-core map-info MAP                  check a map file and print what it holds
+    vpr-core map-info MAP                  check a map file and print what it holds (sessions, robots)
+    vpr-core map-merge A B --out C         one map of two (same model): B's ids and sessions follow A's
     vpr-core cluster --config F --images DIR_OR_DATASET... --out F.pth
                                            k-means centres for a NetVLAD/ClusVPR aggregator, saved
                                            as a native (vpr_ros) checkpoint
@@ -89,7 +90,20 @@ def _map_info(args: argparse.Namespace) -> int:
     stamps = [kf.stamp_ns for kf in db.keyframes.values()]
     span = (max(stamps) - min(stamps)) / 1e9 if stamps else 0.0
     print(f"{args.map}: {len(db)} keyframes, {db.dim}-D, index {db.index_type}, spanning {span:.1f} s, "
-          f"frames {sorted({kf.frame_id for kf in db.keyframes.values()})}")
+          f"frames {sorted({kf.frame_id for kf in db.keyframes.values()})}, model {db.model or 'not recorded'}")
+    for session, (n, robots) in db.sessions().items():
+        print(f"  session {session}: {n} keyframes, robot {', '.join(r or '(unnamed)' for r in robots)}")
+    return 0
+
+
+def _map_merge(args: argparse.Namespace) -> int:
+    from vpr_core.map_database import merge_maps
+    first, second = (MapDatabase.load(p, use_gpu="false") for p in args.maps)
+    merged = merge_maps(first, second, assume_same_model=args.assume_same_model)
+    path = merged.save(args.out)
+    print(f"wrote {path}: {len(merged)} keyframes ({len(first)} from {args.maps[0]}, {len(second)} from "
+          f"{args.maps[1]} with ids moved up by {first.next_id} and sessions by {first.next_session}), "
+          f"{len(merged.sessions())} sessions")
     return 0
 
 
@@ -150,6 +164,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = sub.add_parser("map-info", help="validate a map file and summarise it")
     p.add_argument("map", type=Path)
     p.set_defaults(fn=_map_info)
+    p = sub.add_parser("map-merge", help="merge two maps of one model into one (separate sessions, no id reused)")
+    p.add_argument("maps", nargs=2, type=Path, help="the two map files; the first keeps its ids")
+    p.add_argument("--out", required=True, type=Path, help="map file to write (atomically)")
+    p.add_argument("--assume-same-model", action="store_true",
+                   help="merge maps that do not record their model (format < 3), trusting they share one")
+    p.set_defaults(fn=_map_merge)
     p = sub.add_parser("cluster", help="initialise a NetVLAD/ClusVPR aggregator by k-means on backbone features")
     p.add_argument("--config", help="model config whose aggregator has clusters (e.g. netvlad)")
     p.add_argument("--images", nargs="+", required=True,

@@ -57,7 +57,7 @@ class ModelConfig:
 
 @dataclass
 class MapConfig:
-    index: str = "flat"  # flat (exact) | hnsw (approximate, large maps)
+    index: str = "flat"  # flat (exact) | flat_fp16 (exact over float16, half the memory) | hnsw (approximate, large maps)
     use_gpu: str = "auto"  # auto | true | false (YAML booleans accepted): FAISS GPU index when usable
     path: str = ""  # map file for the save/load services, autoload and autosave ("" = none)
     autoload: bool = True  # load `path` on start when the file exists
@@ -69,6 +69,7 @@ class MapConfig:
     autosave_period_s: float = 60.0  # also save to `path` this often while running, if it changed (0 = off)
     max_file_mb: int = 4096  # refuse to read or write a map file larger than this (memory bound on load)
     id_reserve: int = 100  # query ids reserved ahead in `<path>.ids` before use: a crash skips at most this many
+    robot_id: str = ""  # names this robot's keyframes and closures in a map shared by several (multi-session, fleets)
 
 
 @dataclass

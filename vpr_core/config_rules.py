@@ -74,6 +74,7 @@ CONFIG_RULES: Dict[str, Rule] = {
     "map.autosave_period_s": _between(0.0, what="0 = save only on shutdown"),
     "map.max_file_mb": _between(1, 1 << 20),
     "map.id_reserve": _between(1, 1_000_000),
+    "map.robot_id": Rule(lambda v: len(v) <= 256, "at most 256 characters"),
     "detector.top_k": _between(1, 1000),
     "detector.exclude_recent_count": _between(0),
     "detector.exclude_recent_s": _between(0.0),

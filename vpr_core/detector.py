@@ -146,6 +146,8 @@ class LoopClosureDetector:
         self.cameras: Dict[str, CameraModel] = {}  # frame id -> intrinsics, from the frames that brought one
         self.rejections: Counter = Counter()  # reason -> frames rejected for it (REJECTIONS)
         self._next_id = db.next_id
+        self.session = db.next_session  # stamped on every frame: a loaded map's previous runs keep theirs
+        self.robot = ""  # map.robot_id, stamped on every frame
         self.consistency = Consistency(cfg.consistency_window, cfg.sequence_velocities,
                                        cfg.temporal_consistency - 1)
         self._odometer = np.zeros(2)  # [metres along the odometry poses, appearance change] since the start
@@ -172,6 +174,7 @@ class LoopClosureDetector:
         """Switch to another map (after a load or a reset); ids keep increasing so they never collide."""
         self.db = db
         self._next_id = max(self._next_id, db.next_id)
+        self.session = db.next_session  # a loaded map continues in a new session
         self.consistency.reset()
         self.keyframes.reset()
         self.sequence.reset()
@@ -211,7 +214,7 @@ class LoopClosureDetector:
         What is left (re-ranking, verification, the gates, temporal consistency) is `decide`'s, which may
         run later on another thread: frames must be decided in the order they were prepared."""
         pose = check_pose(pose)
-        query = Keyframe(self._next_id, int(stamp_ns), frame_id, pose)
+        query = Keyframe(self._next_id, int(stamp_ns), frame_id, pose, session=self.session, robot=self.robot)
         query_local = None
         if local is not None:
             query_local = self.db.local.check(local)  # bad local features raise before any change

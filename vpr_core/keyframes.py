@@ -21,6 +21,8 @@ class Keyframe:
     frame_id: str = ""
     pose: Optional[List[float]] = None  # [x, y, z, qx, qy, qz, qw] in the map frame, when known
     local_features: str = ""  # where its local features live ("local.npz" in the map file), "" = none
+    session: int = 0  # the map's session that added it (a new one starts each time a map is loaded)
+    robot: str = ""  # the robot that added it (map.robot_id), "" = not named
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -49,6 +49,7 @@ class MapDatabase:
     _order: List[int] = field(default_factory=list, repr=False)  # ids in insertion order
     local: LocalFeatureStore = field(default_factory=LocalFeatureStore, repr=False)  # id -> local features
     id_floor: int = 0  # ids below this were already handed out (to keyframes or not): never reuse them
+    model: str = ""  # fingerprint of the model whose descriptors these are (identity.descriptor_fingerprint); "" = unknown
 
     def __post_init__(self) -> None:
         if self.dim <= 0:
@@ -83,6 +84,19 @@ class MapDatabase:
     @property
     def next_id(self) -> int:
         return max((max(self._order) + 1) if self._order else 0, self.id_floor)
+
+    @property
+    def next_session(self) -> int:
+        """The session id the next run in this map gets: one past the newest keyframe's session."""
+        return max((kf.session for kf in self.keyframes.values()), default=-1) + 1
+
+    def sessions(self) -> Dict[int, Tuple[int, List[str]]]:
+        """session -> (keyframes, robots that added them)."""
+        out: Dict[int, Tuple[int, List[str]]] = {}
+        for kf in self.keyframes.values():
+            n, robots = out.get(kf.session, (0, []))
+            out[kf.session] = (n + 1, robots if kf.robot in robots else robots + [kf.robot])
+        return dict(sorted(out.items()))
 
     def _check(self, desc: np.ndarray) -> np.ndarray:
         desc = np.asarray(desc, dtype=np.float32).reshape(-1)
@@ -203,7 +217,7 @@ class MapDatabase:
         index_bytes = faiss.serialize_index(self._cpu_index).tobytes()  # kept current on GPU too (add)
         meta = json.dumps({"order": self._order, "keyframes": [asdict(self.keyframes[i]) for i in self._order]}).encode()
         local_bytes = self.local.to_bytes(self._order)
-        header = {"magic": MAGIC, "version": VERSION, "dim": self.dim, "index_type": self.index_type,
+        header = {"magic": MAGIC, "version": VERSION, "dim": self.dim, "index_type": self.index_type, "model": self.model,
                   "count": len(self), "next_id": self.next_id, "sha256_index": hashlib.sha256(index_bytes).hexdigest(),
                   "sha256_meta": hashlib.sha256(meta).hexdigest(),
                   "local_dim": self.local.dim, "local_count": len(self.local),
@@ -241,6 +255,7 @@ class MapDatabase:
         db._position = {kid: p for p, kid in enumerate(db._order)}
         db._reindex_stamps()
         db.id_floor = header.get("next_id", 0)
+        db.model = header.get("model", "")
         if contents.local_bytes is not None:
             try:
                 db.local = LocalFeatureStore.from_bytes(contents.local_bytes)
@@ -255,3 +270,35 @@ class MapDatabase:
             for kid in db.local.ids():
                 db.keyframes[kid].local_features = LOCAL_MEMBER
         return db
+
+
+def merge_maps(first: MapDatabase, second: MapDatabase, assume_same_model: bool = False) -> MapDatabase:
+    """One map holding `first`'s keyframes, then `second`'s (local features included), as separate sessions:
+    the second map's ids move past the first's id floor and its sessions past the first's, so nothing
+    collides and no id either map handed out is reused. Maps of different descriptors are refused
+    (MapError); a map that does not record its model (format version < 3) only with `assume_same_model`."""
+    from vpr_core.models.identity import same_descriptors
+
+    if first.dim != second.dim:
+        raise MapError(f"cannot merge a {first.dim}-D map with a {second.dim}-D one: they hold different models' "
+                       f"descriptors")
+    if first.model and second.model and not same_descriptors(first.model, second.model):
+        raise MapError(f"cannot merge maps of different models: {first.model} and {second.model} (descriptors of "
+                       f"different models are not comparable)")
+    if not (first.model and second.model) and not assume_same_model:
+        raise MapError("a map does not record the model that built it (map format version < 3): merge only if both "
+                       "were built with the same model and weights (vpr-core map-merge --assume-same-model)")
+    if len(first.local) and len(second.local) and first.local.dim != second.local.dim:
+        raise MapError(f"cannot merge maps with {first.local.dim}-D and {second.local.dim}-D local features "
+                       f"(built with different local heads)")
+    out = MapDatabase(first.dim, first.index_type, "false", model=first.model or second.model)
+    id_shift, session_shift = first.next_id, first.next_session
+    for db, shift, sessions in ((first, 0, 0), (second, id_shift, session_shift)):
+        descs = db.descriptors_at(np.arange(len(db)))
+        for pos, kid in enumerate(db._order):
+            kf = db.keyframes[kid]
+            moved = replace(kf, id=kf.id + shift, session=kf.session + sessions)
+            out.add(descs[pos], moved, db.local.get(kid))
+    out.id_floor = id_shift + second.next_id
+    return out
+

@@ -1,5 +1,6 @@
-"""The map file format: a zip of header.json, keyframes.json, index.faiss (and local.npz from version 2),
-stored uncompressed; written to a temporary file, fsynced and renamed, so a crash never leaves half a map.
+"""The map file format: a zip of header.json, keyframes.json, index.faiss (and local.npz from version 2;
+version 3 adds the model's fingerprint to the header and a session and robot to each keyframe), stored
+uncompressed; written to a temporary file, fsynced and renamed, so a crash never leaves half a map.
 
 Reading trusts nothing in the file. Only a regular file is opened (a FIFO or device would block or never
 end), no larger than the caller's cap; the zip directory must list exactly the members of the header's
@@ -28,11 +29,12 @@ from vpr_core.config import MAX_LOCAL_FEATURES
 from vpr_core.map_index import INDEX_LAYOUTS, IndexFormatError, check_index_bytes, max_index_bytes
 
 MAGIC = "vpr_ros-map"
-VERSION = 2  # 2: local.npz (keyframes' local features) added
-READABLE_VERSIONS = (1, 2)
+VERSION = 3  # 2: local.npz (keyframes' local features) added; 3: the model's fingerprint, keyframes' session and robot
+READABLE_VERSIONS = (1, 2, 3)
 HEADER_MEMBER, META_MEMBER, INDEX_MEMBER = "header.json", "keyframes.json", "index.faiss"
 LOCAL_MEMBER = "local.npz"  # member of the map file holding the local features
-MEMBERS = {1: (HEADER_MEMBER, META_MEMBER, INDEX_MEMBER), 2: (HEADER_MEMBER, META_MEMBER, INDEX_MEMBER, LOCAL_MEMBER)}
+MEMBERS = {1: (HEADER_MEMBER, META_MEMBER, INDEX_MEMBER), 2: (HEADER_MEMBER, META_MEMBER, INDEX_MEMBER, LOCAL_MEMBER),
+           3: (HEADER_MEMBER, META_MEMBER, INDEX_MEMBER, LOCAL_MEMBER)}
 DEFAULT_MAX_BYTES = 4096 << 20  # config map.max_file_mb
 HEADER_MAX_BYTES = 64 << 10
 KEYFRAME_JSON_BYTES = 16 << 10  # keyframes.json bytes per keyframe at most (ids, stamp, pose, a long frame id)
@@ -85,6 +87,7 @@ HEADER_FIELDS: Dict[str, Field] = {  # checked in this order: magic and version 
     "local_dim": Field(int, _within(0, MAX_DIM), since=2),
     "local_count": Field(int, _within(0, MAX_COUNT), since=2),
     "sha256_local": Field(str, _sha, since=2),
+    "model": Field(str, lambda v: None if len(v) <= 256 else "is longer than 256 characters", since=3),
 }
 
 
@@ -149,6 +152,9 @@ KEYFRAME_FIELDS: Dict[str, Tuple[Callable[[Any], Optional[str]], bool]] = {  # n
     "frame_id": (lambda v: None if isinstance(v, str) else "must be a string", False),
     "pose": (_pose, False),
     "local_features": (lambda v: None if isinstance(v, str) else "must be a string", False),
+    "session": (lambda v: None if _typed(v, int) and 0 <= v < (1 << 31) else "must be an integer in [0, 2**31)", False),
+    "robot": (lambda v: None if isinstance(v, str) and len(v) <= 256 else "must be a string of at most 256 characters",
+              False),
 }
 
 

@@ -26,6 +26,7 @@ from vpr_core.local_features import DescriptorError, LocalFeatures
 from vpr_core.map_database import MapDatabase, MapError
 from vpr_core.map_file import write_map_file
 from vpr_core.models import DescriptorExtractor
+from vpr_core.models.identity import same_descriptors
 from vpr_core.runtime import apply_threads
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,9 @@ class PlaceRecognizer:
             raise ConfigError(f"rerank.method is '{cfg.rerank.method}' but model '{cfg.model.name}' has no local "
                               f"head to re-rank with: set model.local_head (e.g. {{name: feature_map, stride: 16}} "
                               f"for CNN backbones) or set rerank.method: none")
-        self.db = db if db is not None else MapDatabase(self.extractor.dim, cfg.map.index, cfg.map.use_gpu)
+        self.db = db if db is not None else self._new_map()
         self.detector = LoopClosureDetector(cfg.detector, self.db, cfg.rerank, cfg.pose)
+        self.detector.robot = cfg.map.robot_id
         self.camera = configured_camera(cfg)  # camera.K, for frames that come without CameraInfo
         self.stats = PipelineStats()
         # local descriptor size the model produces: known from its local head before the first frame
@@ -225,8 +227,13 @@ class PlaceRecognizer:
     def reset_map(self) -> None:
         """Forget every keyframe (ids keep increasing, so nothing published before is ever reused)."""
         with self._lock:
-            self.db = MapDatabase(self.extractor.dim, self.cfg.map.index, self.cfg.map.use_gpu)
+            self.db = self._new_map()
             self.detector.reset_map(self.db)
+
+    def _new_map(self) -> MapDatabase:
+        """An empty map that records which model's descriptors it will hold."""
+        return MapDatabase(self.extractor.dim, self.cfg.map.index, self.cfg.map.use_gpu,
+                           model=getattr(self.extractor, "fingerprint", ""))
 
     def record_stage(self, stage: str, ms: float) -> None:
         """Time spent outside the pipeline on a processed frame (the node's image decoding)."""
@@ -279,6 +286,15 @@ class PlaceRecognizer:
         """Replace the map with the file's; on any error the current map is kept and MapError raised."""
         db = MapDatabase.load(path, expected_dim=self.extractor.dim, use_gpu=self.cfg.map.use_gpu,
                               max_bytes=self.cfg.map.max_file_mb << 20)
+        ours = getattr(self.extractor, "fingerprint", "")
+        if db.model and ours and not same_descriptors(db.model, ours):
+            raise MapError(f"{path} holds descriptors of model {db.model}, this node runs {ours}: their descriptors "
+                           f"are not comparable (load a map this model built, or rebuild it); the in-memory map "
+                           f"was left unchanged")
+        if not db.model:
+            log.warning("%s does not record the model that built it (map format version < 3): it is assumed to be "
+                        "%s's; it will record it when saved", path, ours or "this model")
+            db.model = ours
         with self._lock:
             if self._local_dim and len(db.local) and db.local.dim != self._local_dim:
                 raise MapError(f"{path} holds {db.local.dim}-D local features but the model produces "

@@ -76,7 +76,9 @@ def place_match_msg(pm: CorePlaceMatch) -> PlaceMatch:
         candidate_ids=[c.id for c in pm.candidates],
         candidate_stamps=[to_time(c.keyframe.stamp_ns) for c in pm.candidates],
         candidate_frame_ids=[c.keyframe.frame_id for c in pm.candidates],
-        scores=[float(c.score) for c in pm.candidates], latency_ms=float(pm.latency_ms))
+        scores=[float(c.score) for c in pm.candidates], latency_ms=float(pm.latency_ms),
+        session=q.session, robot=q.robot, candidate_sessions=[c.keyframe.session for c in pm.candidates],
+        candidate_robots=[c.keyframe.robot for c in pm.candidates])
 
 
 @dataclass
@@ -124,7 +126,8 @@ def loop_closure_msg(lc: CoreLoopClosure, no_pose_reason: str = "") -> LoopClosu
         num_inliers=v.num_inliers, pose_valid=pf.valid, relative_pose=pf.pose, pose_metric=pf.metric,
         pose_status=pf.status, pose_num_inliers=pf.num_inliers, inlier_ratio=pf.inlier_ratio,
         reprojection_error_px=pf.reprojection_error_px, sequence_score=float(lc.sequence_score),
-        margin=float(lc.margin))
+        margin=float(lc.margin), query_session=q.session, match_session=m.session, query_robot=q.robot,
+        match_robot=m.robot)
     if v.fundamental is not None:
         msg.fundamental_matrix = [float(x) for x in np.asarray(v.fundamental, np.float64).reshape(9)]
         msg.fundamental_valid = True

@@ -81,3 +81,15 @@ def test_a_pose_without_a_finite_covariance_is_not_published():
     v.pose.covariance[2, 2] = np.nan
     msg = loop_closure_msg(_closure(v))
     assert not msg.pose_valid and msg.pose_status == "no_covariance"
+
+
+def test_closure_and_place_match_say_which_sessions_and_robots_they_join():
+    from vpr_core.detector import PlaceMatch as CorePlaceMatch
+    from vpr_ros.conversions import place_match_msg
+    query = Keyframe(42, 5_000_000_123, "cam", session=3, robot="robot_b")
+    old = Candidate(Keyframe(7, 1_000_000_000, "cam_old", session=1, robot="robot_a"), 0.93)
+    msg = loop_closure_msg(LoopClosure(query, old, Verification()))
+    assert (msg.query_session, msg.match_session, msg.query_robot, msg.match_robot) == (3, 1, "robot_b", "robot_a")
+    pm = place_match_msg(CorePlaceMatch(query, True, [old, Candidate(Keyframe(9, 2, "c", session=3), 0.5)]))
+    assert (pm.session, pm.robot) == (3, "robot_b")
+    assert list(pm.candidate_sessions) == [1, 3] and list(pm.candidate_robots) == ["robot_a", ""]

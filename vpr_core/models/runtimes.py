@@ -28,7 +28,7 @@ import os
 import re
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from vpr_core.config import ConfigError, ModelConfig
+from vpr_core.models.identity import model_digest
 from vpr_core.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,6 @@ Runtime = Callable[[torch.Tensor], ForwardArrays]
 OUTPUTS = ("global_desc", "local_desc", "local_xy", "local_weight")  # an exported graph's outputs, in order
 RUNTIMES: Registry[Optional[Runtime]] = Registry("model runtime")
 ONNX_OPSET = 17
-# config keys that do not change the exported graph (so they stay out of the cache key)
-_KEY_IGNORED = ("name", "device", "precision", "batch_size", "runtime", "runtime_cache", "max_local_features",
-                "checkpoint", "checkpoint_format", "trained_checkpoint")  # the weights digest covers these
 PIP_PINS = {"onnxruntime": "onnxruntime==1.30.0", "onnx": "onnx==1.23.1", "openvino": "openvino==2026.4.1"}
 
 
@@ -100,24 +98,11 @@ def cache_dir(cfg: ModelConfig) -> Path:
     return Path(base) / "vpr_ros"
 
 
-def weights_digest(model: nn.Module) -> str:
-    """sha256 of the model's parameters and buffers as they are in memory (names, shapes, dtypes, values):
-    the checkpoint files, trained weights and k-means centres all end up here (~30 ms for 5 M parameters)."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def cache_key(cfg: ModelConfig, fmt: str, model: nn.Module) -> str:
-    """Hash of what determines the exported graph: model config, the weights in memory, torch version, format."""
-    data = {k: v for k, v in asdict(cfg).items() if k not in _KEY_IGNORED}
-    data["_weights"] = weights_digest(model)
-    data["_torch"] = torch.__version__
-    data["_format"] = [fmt, ONNX_OPSET]
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    """Hash of what determines the exported graph: the model (config and weights in memory, labels aside),
+    the torch version that traces it and the format."""
+    data = {"model": model_digest(cfg, model), "_torch": torch.__version__, "_format": [fmt, ONNX_OPSET]}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:20]
 
 
 class ExportGraph(nn.Module):

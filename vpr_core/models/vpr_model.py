@@ -18,6 +18,7 @@ from vpr_core.local_features import LocalFeatures, select_local
 from vpr_core.models.aggregators import AGGREGATORS
 from vpr_core.models.backbones import BACKBONES
 from vpr_core.models.heads import HEADS
+from vpr_core.models.identity import descriptor_fingerprint
 from vpr_core.models.local import LOCAL_HEADS, LocalOutput
 from vpr_core.models.preprocess import Preprocessor
 from vpr_core.models.runtimes import ForwardArrays, build_runtime
@@ -136,10 +137,19 @@ class DescriptorExtractor:
             self.dtype = torch.float32  # half precision on CPU is slower and less accurate
         self.model.to(self.device, memory_format=torch.channels_last).eval()
         self.runtime = build_runtime(cfg, self.model)  # None = eager torch (below)
+        self._fingerprint: Optional[str] = None
 
     @property
     def dim(self) -> int:
         return self.model.dim
+
+    @property
+    def fingerprint(self) -> str:
+        """Which global descriptors this extractor makes (`identity.descriptor_fingerprint`): a map records
+        it, and a map of other descriptors is refused. Computed once, on first use."""
+        if self._fingerprint is None:
+            self._fingerprint = descriptor_fingerprint(self.cfg, self.model)
+        return self._fingerprint
 
     @property
     def has_local(self) -> bool:
