@@ -47,3 +47,19 @@ def test_speed_rows_measure_every_option_and_the_table_prints_them(capsys):
     print_speed(rows + [SpeedRow(500, "x", 1.0, 2.0, 3.0, 100.0)], 5, 10, 5.0)
     out = capsys.readouterr().out
     assert "| 500 | map hnsw |" in out and "| 500 | x | 1.0 | 2.00 | 3.00 |" in out
+
+
+def test_recall_rows_find_places_among_distractors_of_the_other_dataset():
+    """Two toy 'datasets' whose queries are noisy copies of their database: recall 1.0 with and without
+    distractors (the other dataset's descriptors never match), the same for every option."""
+    from offline_eval.map_bench import print_recall, recall_rows
+    rng = np.random.default_rng(3)
+    feats = {}
+    for name in ("a", "b"):
+        db = rng.normal(size=(20, 32)).astype(np.float32)
+        db /= np.linalg.norm(db, axis=1, keepdims=True)
+        feats[name] = (db, filler(db, 20, noise=0.2, seed=4), [np.array([i]) for i in range(20)])
+    plain = recall_rows(feats, ["flat", "hnsw"])
+    crowded = recall_rows(feats, ["flat", "hnsw"], distractors=300)
+    assert plain == crowded == {"a": {"flat": 1.0, "hnsw": 1.0}, "b": {"flat": 1.0, "hnsw": 1.0}}
+    print_recall(crowded, 300)
