@@ -140,6 +140,68 @@ def speed_rows(real: np.ndarray, sizes: Sequence[int], options: Sequence[str], k
     return rows
 
 
+@dataclass
+class IoRow:
+    keyframes: int
+    local: bool
+    file_mb: float
+    read_s: float  # the file read into memory, nothing else: the floor
+    save_s: float
+    load_s: float
+    save_peak_mb: float  # Python/numpy allocations at their peak during the save (tracemalloc)
+    load_peak_mb: float
+
+
+def io_row(real: np.ndarray, n: int, local: bool, folder: Path) -> IoRow:
+    """Save and load time of a flat map of n keyframes (with 300 x 112-D local features each, the
+    re-ranking default's, when `local`), against reading the file's bytes, and the peak extra memory."""
+    import tracemalloc
+
+    from vpr_core.local_features import LocalFeatures
+    x = filler(real, n)
+    rng = np.random.default_rng(5)
+    pool = []  # a few distinct feature sets, shared by the keyframes: memory here, full bytes in the file
+    for _ in range(16 if local else 0):
+        d = rng.standard_normal((300, 112)).astype(np.float32)
+        pool.append(LocalFeatures(rng.uniform(0, 320, (300, 2)).astype(np.float32),
+                                  (d / np.linalg.norm(d, axis=1, keepdims=True)).astype(np.float16), (240, 320)))
+    db = MapDatabase(x.shape[1], "flat", "false")
+    for i in range(n):
+        db.add(x[i], Keyframe(i, (i + 1) * PERIOD_NS), pool[i % len(pool)] if pool else None)
+    path = folder / f"io_{n}_{int(local)}.vprmap"
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    db.save(path, max_bytes=1 << 40)
+    save_s = time.perf_counter() - t0
+    save_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    db = None
+    t0 = time.perf_counter()
+    with open(path, "rb") as fh:
+        fh.read()
+    read_s = time.perf_counter() - t0
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    back = MapDatabase.load(path, use_gpu="false", max_bytes=1 << 40)
+    load_s = time.perf_counter() - t0
+    load_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(back) == n
+    mb = path.stat().st_size / 1e6
+    path.unlink()
+    return IoRow(n, local, mb, read_s, save_s, load_s, save_peak / 1e6, load_peak / 1e6)
+
+
+def print_io(rows: List[IoRow]) -> None:
+    print("\nSave and load (flat map; local features: 300 x 112-D per keyframe, float16; peak = Python/numpy "
+          "allocations during the call)")
+    print("| keyframes | local features | file MB | read s | save s | load s | load / read | save peak MB | "
+          "load peak MB |\n|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r.keyframes:,} | {'yes' if r.local else 'no'} | {r.file_mb:,.0f} | {r.read_s:.2f} | {r.save_s:.2f} | "
+              f"{r.load_s:.2f} | {r.load_s / r.read_s:.1f}x | {r.save_peak_mb:,.0f} | {r.load_peak_mb:,.0f} |")
+
+
 def _stats(ms: np.ndarray) -> tuple:
     return float(np.median(ms)), float(np.percentile(ms, 95))
 
@@ -202,6 +264,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--queries", type=int, default=200, help="queries timed per map")
     ap.add_argument("--distractors", type=int, default=100_000,
                     help="Recall@1 again with this many distractor keyframes in the map (0 = skip)")
+    ap.add_argument("--io", default="20000:local,100000",
+                    help="save/load table: KEYFRAMES[:local],... ('' = skip); local = with local features")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     options = [o.strip() for o in args.options.split(",") if o.strip()]
@@ -230,6 +294,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print_recall(recall_rows(features, options, args.distractors, progress), args.distractors)
     rows = speed_rows(real, sizes, options, k, d.exclude_recent_count, d.exclude_recent_s, args.queries, progress)
     print_speed(rows, k, d.exclude_recent_count, d.exclude_recent_s)
+    io_cases = [(int(c.split(":")[0]), c.endswith(":local")) for c in args.io.split(",") if c.strip()]
+    if io_cases:
+        folder = REPO / "runs" / "map_bench"
+        folder.mkdir(parents=True, exist_ok=True)
+        print_io([io_row(real, n, local, folder) for n, local in io_cases])
     return 0
 
 
