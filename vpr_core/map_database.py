@@ -214,7 +214,7 @@ class MapDatabase:
     # ---- persistence (file format: vpr_core.map_file) ------------------------------------------
     def snapshot(self) -> Tuple[Dict[str, Any], Dict[str, bytes]]:
         """The map file's header and members as bytes (fast; writing them is the slow part)."""
-        index_bytes = faiss.serialize_index(self._cpu_index).tobytes()  # kept current on GPU too (add)
+        index_bytes = faiss.serialize_index(self._cpu_index)  # uint8 array, written as is (no copy); current on GPU too
         meta = json.dumps({"order": self._order, "keyframes": [asdict(self.keyframes[i]) for i in self._order]}).encode()
         local_bytes = self.local.to_bytes(self._order)
         header = {"magic": MAGIC, "version": VERSION, "dim": self.dim, "index_type": self.index_type, "model": self.model,

@@ -195,32 +195,79 @@ def validate_keyframes(meta: Any, count: int, where: str) -> Tuple[List[int], Li
     return order, [by_id[k] for k in order]
 
 
+# ---- stored zip members, read by their local headers ------------------------------------------------
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # signature, version, flags, method, time, date, crc, sizes, name/extra len
+
+
+def _stored_span(read_at: Callable[[int, int], bytes], info: zipfile.ZipInfo, size: int) -> Tuple[int, int]:
+    """(offset, length) of a stored member's bytes, found through its local header, which must agree with
+    the directory. No CRC pass: the map header's sha256 of each member is the one checksum read."""
+    head = read_at(info.header_offset, _LOCAL_HEADER.size)
+    if len(head) != _LOCAL_HEADER.size:
+        raise ValueError(f"member {info.filename}: local header runs past the end")
+    sig, _, _, method, _, _, _, _, _, name_len, extra_len = _LOCAL_HEADER.unpack(head)
+    name = read_at(info.header_offset + _LOCAL_HEADER.size, name_len)
+    if sig != b"PK\x03\x04" or method != zipfile.ZIP_STORED or name != info.filename.encode():
+        raise ValueError(f"member {info.filename}: its local header does not match the zip directory")
+    start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+    if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size or start + info.file_size > size:
+        raise ValueError(f"member {info.filename} is compressed or runs past the end of the data")
+    return start, info.file_size
+
+
 # ---- local.npz: numpy arrays read without trusting their headers -----------------------------------
-def read_npz(data: bytes, spec: Mapping[str, Tuple[str, int]]) -> Dict[str, np.ndarray]:
+class _ViewFile(io.RawIOBase):
+    """A read-only, seekable file over a buffer without copying it (io.BytesIO copies a bytearray)."""
+
+    def __init__(self, data) -> None:
+        super().__init__()
+        self.view, self.pos = memoryview(data).cast("B"), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: len(self.view)}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, b) -> int:
+        n = max(0, min(len(b), len(self.view) - self.pos))
+        b[:n] = self.view[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
+def read_npz(data: bytes | bytearray, spec: Mapping[str, Tuple[str, int]]) -> Dict[str, np.ndarray]:
     """Arrays {name: (dtype, ndim)} from an uncompressed npz; every member's header must declare exactly
-    the bytes it holds, no pickles. Raises ValueError (never allocates more than the data's size)."""
-    _check_directory(io.BytesIO(data), len(data))
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+    the bytes it holds, no pickles. Raises ValueError (never allocates more than the data's size). The
+    arrays are views of `data` (writable when it is a bytearray): no copy is made."""
+    _check_directory(_ViewFile(data), len(data))
+    view = memoryview(data).cast("B")
+    with zipfile.ZipFile(_ViewFile(data)) as zf:
         infos = {i.filename: i for i in zf.infolist()}
         if len(infos) != len(zf.infolist()) or set(infos) != {f"{k}.npy" for k in spec}:
             raise ValueError(f"npz members are {sorted(infos)}, expected {sorted(spec)}")
         out = {}
         for name, (dtype, ndim) in spec.items():
-            info = infos[f"{name}.npy"]
-            if info.compress_type != zipfile.ZIP_STORED or info.file_size > len(data):
-                raise ValueError(f"npz member {name} is compressed or larger than the file")
-            raw = zf.read(info)
-            fh = io.BytesIO(raw)
+            start, length = _stored_span(lambda off, n: bytes(view[off:off + n]), infos[f"{name}.npy"], len(data))
+            fh = io.BytesIO(view[start:start + min(length, 64 << 10)])  # the .npy header (at most 64 kB)
             major, _ = np.lib.format.read_magic(fh)
             read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
             shape, fortran, got = read(fh)
             want = np.dtype(dtype).newbyteorder("<")
             if got != want or fortran or len(shape) != ndim:
                 raise ValueError(f"npz array {name} is {got}{list(shape)}, expected {ndim}-D {want}")
-            body = memoryview(raw)[fh.tell():]
+            body = view[start + fh.tell():start + length]
             if math.prod(shape) * want.itemsize != len(body):
                 raise ValueError(f"npz array {name} declares shape {shape} but holds {len(body)} bytes")
-            out[name] = np.frombuffer(bytearray(body), want).reshape(shape)  # writable, as np.load gives
+            out[name] = np.frombuffer(body, want).reshape(shape)
         return out
 
 
@@ -279,9 +326,9 @@ class MapContents:
     header: Dict[str, Any]
     order: List[int]
     keyframes: List[Dict[str, Any]]
-    index_bytes: bytes
+    index_bytes: bytes | bytearray
     index_ids: np.ndarray
-    local_bytes: Optional[bytes]
+    local_bytes: Optional[bytes | bytearray]
 
 
 def read_map_file(path: str | Path, expected_dim: Optional[int] = None,
@@ -309,14 +356,21 @@ def _read(fh: BinaryIO, size: int, path: Path, expected_dim: Optional[int], max_
         if HEADER_MEMBER not in names:
             raise MapError(f"{path} is not a vpr_ros map file (no {HEADER_MEMBER}; members {sorted(names)})")
 
-        def member(name: str, limit: int) -> bytes:
+        def member(name: str, limit: int) -> bytes | bytearray:
             info = zf.getinfo(name)
             if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
                 raise MapError(f"{path}: member {name} is compressed; map files store members uncompressed")
             if info.file_size > limit or info.header_offset + info.file_size > size:
                 raise MapError(f"{path}: member {name} declares {info.file_size} bytes, more than the "
                                f"{min(limit, size - info.header_offset)} a map with this header can hold")
-            return zf.read(info)
+            if name == HEADER_MEMBER:
+                return zf.read(info)  # small, and not covered by a sha256 of its own: zip's CRC checks it
+            start, length = _stored_span(lambda off, n: (fh.seek(off), fh.read(n))[1], info, size)
+            out = bytearray(length)  # read once, straight into the buffer the arrays will view
+            fh.seek(start)
+            if fh.readinto(out) != length:
+                raise MapError(f"{path}: member {name} is truncated")
+            return out
 
         header = validate_header(json.loads(member(HEADER_MEMBER, HEADER_MAX_BYTES)), str(path))
         if expected_dim is not None and header["dim"] != expected_dim:
