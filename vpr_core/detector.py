@@ -30,7 +30,7 @@ from vpr_core.rerank import build_reranker, rerank
 from vpr_core.sequence import SequenceMatcher, best_other
 
 __all__ = ["Decision", "FrameResult", "LoopClosure", "LoopClosureDetector", "PendingFrame", "PlaceMatch", "REJECTIONS",
-           "STAGES", "Verification"]
+           "STAGES"]
 
 # Where a frame's time goes, in flow order ("decode" is the node's, "model" the pipeline's).
 STAGES = ("decode", "model", "preprocess", "forward", "search", "rerank", "decision", "pose")  # model = preprocess + forward
@@ -104,7 +104,6 @@ class PendingFrame:
     sequence: Optional[SequencePick]
     no_candidate: str  # the rejection when nothing is picked: empty_map, too_recent or short_sequence
     query_local: Optional[LocalFeatures]
-    descriptor: np.ndarray
     camera: Optional[CameraModel]
     depth: Optional[np.ndarray]
     contrast: float
@@ -233,7 +232,7 @@ class LoopClosureDetector:
         self.sequence.push(descriptor, list(positions.values()), query.stamp_ns)
         seq = self._sequence_pick(query.stamp_ns) if self.cfg.sequence_length > 1 else None
         why = "empty_map" if not len(self.db) else "too_recent" if not found else "short_sequence"
-        pending = PendingFrame(query, self.db, found, positions, seq, why, query_local, descriptor,
+        pending = PendingFrame(query, self.db, found, positions, seq, why, query_local,
                                camera or self.cameras.get(frame_id), depth, contrast,
                                self._frame_number(query), self.sequence.period(), timings)
         timings["decision"] = (time.perf_counter() - t_seq) * 1e3  # sequence scoring; decide adds the gates

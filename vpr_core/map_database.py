@@ -7,7 +7,8 @@ vpr_core.map_file; index types and their byte layout in vpr_core.map_index.
 
 Keyframes' local features (for re-ranking) live beside the index in a `LocalFeatureStore`
 (vpr_core.local_features), saved in the same map file as `local.npz`, covered by the checksum. Format
-version 2; version 1 maps (no local features) load. Keyframe and Candidate are vpr_core.keyframes'.
+version 3 (the model's fingerprint, each keyframe's session and robot); versions 1 (no local features)
+and 2 load. Keyframe and Candidate are vpr_core.keyframes'. `merge_maps` joins two maps of one model.
 """
 from __future__ import annotations
 

@@ -3,9 +3,9 @@
 The executor thread only converts and enqueues; a model worker decodes, runs the model, searches
 and adds the keyframe; a decision worker re-ranks, verifies, decides and publishes, so the next
 frame's model pass never waits for this frame's verification. The input queue is bounded: when the
-model falls behind, the oldest frame is dropped and counted. Bad frames are dropped and counted by reason, never fatal; oversized frames are
-refused before decoding; the map survives restarts and crashes (vpr_ros.map_service).
-Issue #10's interface lives in its own modules: side inputs (odometry, CameraInfo, depth) in
+model falls behind, the oldest frame is dropped and counted. Bad frames are dropped and counted by
+reason, never fatal; oversized frames are refused before decoding; the map survives restarts and
+crashes (vpr_ros.map_service). Issue #10's interface lives in its own modules: side inputs (odometry, CameraInfo, depth) in
 vpr_ros.inputs, services in vpr_ros.services, /diagnostics, ~/markers and ~/debug_image in
 vpr_ros.diagnostics, vpr_ros.markers and vpr_ros.debug_image; a MultiThreadedExecutor lets
 relocalisation run beside the image callbacks.

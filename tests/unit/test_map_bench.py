@@ -63,3 +63,16 @@ def test_recall_rows_find_places_among_distractors_of_the_other_dataset():
     crowded = recall_rows(feats, ["flat", "hnsw"], distractors=300)
     assert plain == crowded == {"a": {"flat": 1.0, "hnsw": 1.0}, "b": {"flat": 1.0, "hnsw": 1.0}}
     print_recall(crowded, 300)
+
+
+def test_io_row_saves_and_loads_a_map_with_local_features(tmp_path, capsys):
+    from offline_eval.map_bench import io_row, print_io
+    rng = np.random.default_rng(6)
+    real = rng.normal(size=(30, 64)).astype(np.float32)
+    real /= np.linalg.norm(real, axis=1, keepdims=True)
+    row = io_row(real, 40, True, tmp_path)
+    assert row.keyframes == 40 and row.local and row.file_mb > 40 * 300 * 112 * 2 / 1e6  # the features are in it
+    assert row.save_s > 0 and row.load_s > 0 and row.read_s > 0 and row.load_peak_mb > 0
+    assert list(tmp_path.iterdir()) == []  # the file is removed after measuring
+    print_io([row])
+    assert "| 40 | yes |" in capsys.readouterr().out
