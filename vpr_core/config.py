@@ -57,7 +57,8 @@ class ModelConfig:
 
 @dataclass
 class MapConfig:
-    index: str = "flat"  # flat (exact) | flat_fp16 (exact over float16, half the memory) | hnsw (approximate, large maps)
+    index: str = "flat"  # flat (exact) | flat_fp16 (exact over float16, half the memory) | hnsw (approximate, fast;
+    #                      it can lose places in a map of dissimilar regions: README "The map across runs and robots")
     use_gpu: str = "auto"  # auto | true | false (YAML booleans accepted): FAISS GPU index when usable
     path: str = ""  # map file for the save/load services, autoload and autosave ("" = none)
     autoload: bool = True  # load `path` on start when the file exists

@@ -39,7 +39,8 @@ def _flat_fp16(dim: int) -> faiss.Index:
 
 @INDEX_TYPES.register("hnsw")
 def _hnsw(dim: int, m: int = 32) -> faiss.Index:
-    """Approximate graph search (no training needed), for large maps where exact search is too slow."""
+    """Approximate graph search (no training needed): 0.9 ms at 1M keyframes, but a map of dissimilar regions
+    can strand the greedy search in the larger one (corridor among 100k Nordland keyframes: R@1 0.68 -> 0.42)."""
     inner = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
     inner.hnsw.efSearch = 128
     return faiss.IndexIDMap2(inner)
