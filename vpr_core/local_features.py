@@ -147,19 +147,13 @@ class LocalFeatureStore:
         self.put(kid, self.check(local))
 
     # ---- persistence: one npz of concatenated arrays + offsets -----------------------------
+    def items(self, order: Optional[Sequence[int]] = None) -> List[Tuple[int, LocalFeatures]]:
+        """(id, features) in `order` (default: as stored), skipping ids without features: references only,
+        cheap enough to take under a lock (stored features are never modified)."""
+        return [(i, self._items[i]) for i in (order if order is not None else self._items) if i in self._items]
+
     def to_bytes(self, order: Optional[Sequence[int]] = None) -> memoryview:
-        ids = [i for i in (order if order is not None else self._items) if i in self._items]
-        items = [self._items[i] for i in ids]
-        counts = np.array([len(lf) for lf in items], np.int64)
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        dim = self.dim
-        xy = np.concatenate([lf.xy for lf in items]) if items else np.zeros((0, 2), np.float32)
-        desc = np.concatenate([lf.desc for lf in items]) if items else np.zeros((0, dim), np.float16)
-        hw = np.array([lf.image_hw for lf in items], np.int64).reshape(-1, 2)
-        buf = io.BytesIO()
-        np.savez(buf, ids=np.array(ids, np.int64), offsets=offsets, xy=np.asarray(xy, np.float32),
-                 desc=np.asarray(desc, np.float16), image_hw=hw, dim=np.array(dim, np.int64))
-        return buf.getbuffer()  # the buffer itself, not a copy of it
+        return local_npz(self.items(order), self.dim)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "LocalFeatureStore":
@@ -184,6 +178,21 @@ class LocalFeatureStore:
             a, b = int(offsets[k]), int(offsets[k + 1])
             store._items[int(kid)] = LocalFeatures(xy[a:b], desc[a:b], (int(hw[k, 0]), int(hw[k, 1])))
         return store
+
+
+def local_npz(items: Sequence[Tuple[int, LocalFeatures]], dim: int) -> memoryview:
+    """The map file's local.npz of these (id, features): concatenated arrays plus offsets."""
+    ids = [i for i, _ in items]
+    feats = [lf for _, lf in items]
+    counts = np.array([len(lf) for lf in feats], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    xy = np.concatenate([lf.xy for lf in feats]) if feats else np.zeros((0, 2), np.float32)
+    desc = np.concatenate([lf.desc for lf in feats]) if feats else np.zeros((0, dim), np.float16)
+    hw = np.array([lf.image_hw for lf in feats], np.int64).reshape(-1, 2)
+    buf = io.BytesIO()
+    np.savez(buf, ids=np.array(ids, np.int64), offsets=offsets, xy=np.asarray(xy, np.float32),
+             desc=np.asarray(desc, np.float16), image_hw=hw, dim=np.array(dim, np.int64))
+    return buf.getbuffer()  # the buffer itself, not a copy of it
 
 
 _NPZ_SPEC = {"ids": ("i8", 1), "offsets": ("i8", 1), "xy": ("f4", 2), "desc": ("f2", 2), "image_hw": ("i8", 2),

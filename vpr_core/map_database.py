@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from vpr_core.keyframes import Candidate, Keyframe
-from vpr_core.local_features import DescriptorError, LocalFeatures, LocalFeatureStore
+from vpr_core.local_features import DescriptorError, LocalFeatures, LocalFeatureStore, local_npz
 from vpr_core.map_file import (DEFAULT_MAX_BYTES, INDEX_MEMBER, LOCAL_MEMBER, MAGIC, META_MEMBER, VERSION, MapError,
                                read_map_file, write_map_file)
 from vpr_core.map_index import INDEX_TYPES
@@ -38,6 +38,31 @@ def too_recent(kf: Keyframe, query_stamp_ns: Optional[int], exclude_recent_ns: i
 
 def gpu_usable() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
+@dataclass
+class FrozenMap:
+    """A map as it was at `MapDatabase.freeze`, encoded into the file's header and members later, outside
+    the lock (JSON, npz and checksums of a big map take seconds; frames must not wait for them)."""
+    dim: int
+    index_type: str
+    model: str
+    next_id: int
+    index_bytes: np.ndarray
+    order: List[int]
+    keyframes: List[Keyframe]
+    local_items: List[Tuple[int, LocalFeatures]]
+    local_dim: int
+
+    def encode(self) -> Tuple[Dict[str, Any], Dict[str, bytes]]:
+        meta = json.dumps({"order": self.order, "keyframes": [asdict(kf) for kf in self.keyframes]}).encode()
+        local_bytes = local_npz(self.local_items, self.local_dim)
+        header = {"magic": MAGIC, "version": VERSION, "dim": self.dim, "index_type": self.index_type,
+                  "model": self.model, "count": len(self.order), "next_id": self.next_id,
+                  "sha256_index": hashlib.sha256(self.index_bytes).hexdigest(),
+                  "sha256_meta": hashlib.sha256(meta).hexdigest(), "local_dim": self.local_dim,
+                  "local_count": len(self.local_items), "sha256_local": hashlib.sha256(local_bytes).hexdigest()}
+        return header, {META_MEMBER: meta, INDEX_MEMBER: self.index_bytes, LOCAL_MEMBER: local_bytes}
 
 
 @dataclass
@@ -213,17 +238,17 @@ class MapDatabase:
         return np.stack([self._cpu_index.reconstruct(int(i)) for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
 
     # ---- persistence (file format: vpr_core.map_file) ------------------------------------------
+    def freeze(self) -> "FrozenMap":
+        """What a save needs, taken quickly (hold the map's lock for this only): the FAISS bytes and
+        references to the keyframes and their local features, which are never modified once added."""
+        order = list(self._order)
+        return FrozenMap(self.dim, self.index_type, self.model, self.next_id,
+                         faiss.serialize_index(self._cpu_index),  # uint8 array; the host copy is current on GPU too
+                         order, [self.keyframes[i] for i in order], self.local.items(order), self.local.dim)
+
     def snapshot(self) -> Tuple[Dict[str, Any], Dict[str, bytes]]:
-        """The map file's header and members as bytes (fast; writing them is the slow part)."""
-        index_bytes = faiss.serialize_index(self._cpu_index)  # uint8 array, written as is (no copy); current on GPU too
-        meta = json.dumps({"order": self._order, "keyframes": [asdict(self.keyframes[i]) for i in self._order]}).encode()
-        local_bytes = self.local.to_bytes(self._order)
-        header = {"magic": MAGIC, "version": VERSION, "dim": self.dim, "index_type": self.index_type, "model": self.model,
-                  "count": len(self), "next_id": self.next_id, "sha256_index": hashlib.sha256(index_bytes).hexdigest(),
-                  "sha256_meta": hashlib.sha256(meta).hexdigest(),
-                  "local_dim": self.local.dim, "local_count": len(self.local),
-                  "sha256_local": hashlib.sha256(local_bytes).hexdigest()}
-        return header, {META_MEMBER: meta, INDEX_MEMBER: index_bytes, LOCAL_MEMBER: local_bytes}
+        """The map file's header and members as bytes."""
+        return self.freeze().encode()
 
     def save(self, path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
         """Write the map atomically: everything goes to `<path>.tmp`, is fsynced, then renamed."""

@@ -276,10 +276,12 @@ class PlaceRecognizer:
                 self.detector.reranker.min_inliers = self.cfg.rerank.min_inliers
 
     def save_map(self, path: str | Path) -> Path:
-        """Save the map atomically; frames are held up only while it is copied, not while it is written."""
+        """Save the map atomically; frames are held up only while its index is copied and its keyframes
+        listed (`MapDatabase.freeze`), not while it is encoded, checksummed and written."""
         with self._save_lock:
             with self._lock:
-                header, members = self.db.snapshot()
+                frozen = self.db.freeze()
+            header, members = frozen.encode()
             return write_map_file(path, header, members, self.cfg.map.max_file_mb << 20)
 
     def load_map(self, path: str | Path) -> int:

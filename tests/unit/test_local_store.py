@@ -348,3 +348,28 @@ def test_loading_reads_local_features_once_without_copies(tmp_path):
     tracemalloc.stop()
     assert np.array_equal(back.local.get(399).desc, pool[3].desc) and len(back.local) == 400
     assert peak < 1.3 * size, f"loading a {size >> 20} MB map allocated {peak >> 20} MB at its peak"
+
+
+def test_a_save_holds_the_map_only_while_it_is_frozen(tmp_path):
+    """`freeze` (what PlaceRecognizer.save_map does under its lock) copies the index and lists references:
+    no JSON, npz or checksum of the local features is made while frames wait; `encode` does that after."""
+    import tracemalloc
+    rng = np.random.default_rng(9)
+    db = MapDatabase(DIM, "flat", "false")
+    pool = [LocalFeatures(rng.uniform(0, 100, (500, 2)).astype(np.float32),
+                          rng.normal(size=(500, 64)).astype(np.float16), (120, 160)) for _ in range(4)]
+    for i in range(300):  # ~20 MB of local features
+        db.add(rng.normal(size=DIM), Keyframe(i, i * 10**8), pool[i % 4])
+    tracemalloc.start()
+    frozen = db.freeze()
+    held = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    local_bytes = 300 * 500 * (64 * 2 + 8)
+    assert held < local_bytes / 20, f"freeze allocated {held >> 10} kB for {local_bytes >> 20} MB of local features"
+    db.add(rng.normal(size=DIM), Keyframe(300, 300 * 10**8), pool[0])  # the map moves on; the frozen copy does not
+    header, members = frozen.encode()
+    path = tmp_path / "frozen.vprmap"
+    from vpr_core.map_file import write_map_file
+    write_map_file(path, header, members)
+    back = MapDatabase.load(path, use_gpu="false")
+    assert len(back) == 300 and len(back.local) == 300 and np.array_equal(back.local.get(299).desc, pool[3].desc)
