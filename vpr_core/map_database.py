@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -29,6 +29,20 @@ from vpr_core.map_file import (DEFAULT_MAX_BYTES, INDEX_MEMBER, LOCAL_MEMBER, MA
 from vpr_core.map_index import INDEX_TYPES
 
 log = logging.getLogger(__name__)
+
+
+def read_index_from(data: bytes | bytearray) -> faiss.Index:
+    """A FAISS index from its serialised bytes, read in 1 MB pieces (deserialize_index first copies all of
+    the bytes into a FAISS buffer: 5x slower for a 100k-keyframe flat index, and that much more memory)."""
+    view, pos = memoryview(data), 0
+
+    def read(n: int) -> bytes:
+        nonlocal pos
+        chunk = bytes(view[pos:pos + n])
+        pos += len(chunk)
+        return chunk
+    reader = faiss.PyCallbackIOReader(read)
+    return faiss.read_index(reader)
 
 
 def too_recent(kf: Keyframe, query_stamp_ns: Optional[int], exclude_recent_ns: int) -> bool:
@@ -48,21 +62,23 @@ class FrozenMap:
     index_type: str
     model: str
     next_id: int
-    index_bytes: np.ndarray
+    index: faiss.Index  # a copy, serialised by `encode`
     order: List[int]
     keyframes: List[Keyframe]
     local_items: List[Tuple[int, LocalFeatures]]
     local_dim: int
 
     def encode(self) -> Tuple[Dict[str, Any], Dict[str, bytes]]:
-        meta = json.dumps({"order": self.order, "keyframes": [asdict(kf) for kf in self.keyframes]}).encode()
+        index_bytes = faiss.serialize_index(self.index)  # uint8 array, written as is
+        # vars, not asdict: asdict deep-copies every field (1.6 s of a 100k-keyframe save); JSON only reads them
+        meta = json.dumps({"order": self.order, "keyframes": [vars(kf) for kf in self.keyframes]}).encode()
         local_bytes = local_npz(self.local_items, self.local_dim)
         header = {"magic": MAGIC, "version": VERSION, "dim": self.dim, "index_type": self.index_type,
                   "model": self.model, "count": len(self.order), "next_id": self.next_id,
-                  "sha256_index": hashlib.sha256(self.index_bytes).hexdigest(),
+                  "sha256_index": hashlib.sha256(index_bytes).hexdigest(),
                   "sha256_meta": hashlib.sha256(meta).hexdigest(), "local_dim": self.local_dim,
                   "local_count": len(self.local_items), "sha256_local": hashlib.sha256(local_bytes).hexdigest()}
-        return header, {META_MEMBER: meta, INDEX_MEMBER: self.index_bytes, LOCAL_MEMBER: local_bytes}
+        return header, {META_MEMBER: meta, INDEX_MEMBER: index_bytes, LOCAL_MEMBER: local_bytes}
 
 
 @dataclass
@@ -243,7 +259,7 @@ class MapDatabase:
         references to the keyframes and their local features, which are never modified once added."""
         order = list(self._order)
         return FrozenMap(self.dim, self.index_type, self.model, self.next_id,
-                         faiss.serialize_index(self._cpu_index),  # uint8 array; the host copy is current on GPU too
+                         faiss.clone_index(self._cpu_index),  # 2.6x faster than serialising it; host copy is current
                          order, [self.keyframes[i] for i in order], self.local.items(order), self.local.dim)
 
     def snapshot(self) -> Tuple[Dict[str, Any], Dict[str, bytes]]:
@@ -271,7 +287,7 @@ class MapDatabase:
     def _from_contents(cls, contents, path: str | Path, use_gpu: str) -> "MapDatabase":
         header = contents.header
         db = cls(header["dim"], header["index_type"], use_gpu)
-        cpu = faiss.deserialize_index(np.frombuffer(contents.index_bytes, dtype=np.uint8))
+        cpu = read_index_from(contents.index_bytes)
         if cpu.ntotal != header["count"] or cpu.d != header["dim"]:
             raise MapError(f"{path}: index holds {cpu.ntotal} vectors of {cpu.d}, header {header['count']} of {header['dim']}")
         db._cpu_index = cpu
