@@ -158,6 +158,32 @@ KEYFRAME_FIELDS: Dict[str, Tuple[Callable[[Any], Optional[str]], bool]] = {  # n
 }
 
 
+def _ints_within(values: List[Any], lo: int, hi: int) -> bool:
+    return all(type(v) is int for v in values) and (not values or lo <= min(values) and max(values) < hi)
+
+
+def _entries_fine(entries: List[Any]) -> bool:
+    """Whole-column checks of the keyframe entries, tens of times faster than `KEYFRAME_FIELDS` entry by
+    entry (a 1M-keyframe map); never looser: False sends the entries through the per-entry checks, which
+    name the first wrong one."""
+    if not all(type(kf) is dict for kf in entries) or set().union(*entries) - set(KEYFRAME_FIELDS):
+        return False
+    if not all("id" in kf and "stamp_ns" in kf for kf in entries):
+        return False
+    column = lambda name: [kf[name] for kf in entries if name in kf]  # noqa: E731
+    if not (_ints_within(column("id"), 0, 1 << 63) and _ints_within(column("stamp_ns"), 0, STAMP_MAX_NS)
+            and _ints_within(column("session"), 0, 1 << 31)):
+        return False
+    if not all(type(v) is str for name in ("frame_id", "local_features", "robot") for v in column(name)):
+        return False
+    if any(len(v) > 256 for v in column("robot")):
+        return False
+    poses = [p for p in column("pose") if p is not None]
+    if not all(type(p) is list and len(p) == 7 and all(type(x) in (int, float) for x in p) for p in poses):
+        return False
+    return not poses or bool(np.isfinite(np.array(poses, np.float64)).all())
+
+
 def validate_keyframes(meta: Any, count: int, where: str) -> Tuple[List[int], List[Dict[str, Any]]]:
     """(order, keyframe entries in that order) from keyframes.json, every entry checked field by field and
     the order naming each keyframe exactly once; raises MapError saying which entry is wrong."""
@@ -171,7 +197,11 @@ def validate_keyframes(meta: Any, count: int, where: str) -> Tuple[List[int], Li
         raise MapError(f"{where}: header counts {count} keyframes, keyframes.json has {len(entries)} entries "
                        f"and an order of {len(order)}")
     by_id: Dict[int, Dict[str, Any]] = {}
-    for i, kf in enumerate(entries):
+    if _entries_fine(entries):
+        by_id = {kf["id"]: kf for kf in entries}
+        if len(by_id) != len(entries):
+            by_id = {}  # an id twice: the per-entry pass below names it
+    for i, kf in enumerate(entries if not by_id else ()):
         if not isinstance(kf, dict):
             raise MapError(f"{where}: keyframe entry {i} is {_kind(kf)}, not an object")
         unknown = set(kf) - set(KEYFRAME_FIELDS)
