@@ -111,9 +111,9 @@ def run_zoo(configs: List[Path], ds, ks: List[int], out: Path, raw: bool = False
     from offline_eval.zoo import zoo_json, zoo_row, zoo_table
 
     print(f"{ds.name}: {len(ds.database)} database images, {len(ds.queries)} queries; {len(configs)} configs")
-    if raw:
-        base = run_raw_pixels(ds)
-        print(f"raw pixels 32x24 baseline: " + ", ".join(f"R@{k} {v:.3f}" for k, v in base.recall.items()))
+    base = run_raw_pixels(ds) if raw else None
+    if base is not None:
+        print("raw pixels 32x24 baseline: " + ", ".join(f"R@{k} {v:.3f}" for k, v in base.recall.items()))
     rows = []
     for path in configs:
         try:
@@ -122,8 +122,9 @@ def run_zoo(configs: List[Path], ds, ks: List[int], out: Path, raw: bool = False
             print(f"vpr-benchmark: {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
         print(zoo_table(rows[-1:], f"{path}"))
-    print(zoo_table(rows, f"model zoo on {ds.name} ({len(ds.queries)} queries)"))
-    print(f"wrote {zoo_json(rows, out / 'zoo.json', dataset=str(ds.root), queries=len(ds.queries))}")
+    print(zoo_table(rows, f"model zoo on {ds.name} ({len(ds.queries)} queries)", base))
+    baseline = {"recall": base.recall, "seconds": base.seconds} if base is not None else None
+    print(f"wrote {zoo_json(rows, out / 'zoo.json', dataset=str(ds.root), queries=len(ds.queries), raw_pixels=baseline)}")
     return 0 if len(rows) == len(configs) else 1
 
 

@@ -32,3 +32,19 @@ def test_options_that_mean_nothing_in_zoo_mode_are_refused(corridor_root, tmp_pa
     with pytest.raises(SystemExit) as exc:
         main([str(corridor_root), "--zoo", "config/default.yaml", *extra, "--out", str(tmp_path / "o")])
     assert exc.value.code == 2 and why in capsys.readouterr().err
+
+
+def test_zoo_table_shows_re_ranked_r5_and_the_raw_pixel_baseline_with_its_time(corridor_root):
+    """Everything zoo.json holds is in the printed table too: re-ranked R@5 per K and the raw-pixel
+    baseline of the same run, whose time is measured (it used to read 0.0 s)."""
+    from offline_eval.baselines import run_raw_pixels
+    from offline_eval.zoo import ZooRow, zoo_table
+    from vpr_core.datasets import load_dataset
+    base = run_raw_pixels(load_dataset(corridor_root))
+    assert base.seconds > 0 and 0 < base.recall[1] < 1
+    row = ZooRow("config/default_rerank.yaml", "m", "checkpoint", 1280, 30.0, 60.0, {1: 0.676, 5: 0.838},
+                 {20: {1: 0.9, 5: 0.95}}, {20: 12.5})
+    table = zoo_table([row], "zoo", base)
+    assert "R@5 rr20" in table and "0.900     0.950    12.5" in table
+    last = table.splitlines()[-1]
+    assert last.startswith("raw pixels 32x24") and f"{base.recall[5]:.3f}" in last and "s for the whole dataset" in last
