@@ -2,6 +2,7 @@
 exactly as the node does it (same PlaceRecognizer, same map, same search)."""
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -37,7 +38,9 @@ class PathResult:
 
 
 def benchmark_config(cfg: Config, top_k: int = 10) -> Config:
-    """Every database frame becomes a keyframe and nothing is excluded: plain retrieval."""
+    """A copy of `cfg` in which every database frame becomes a keyframe and nothing is excluded: plain
+    retrieval (the caller's config is left as it is)."""
+    cfg = copy.deepcopy(cfg)
     cfg.detector.top_k = top_k
     cfg.detector.keyframe_min_interval_s = 0.0
     cfg.detector.keyframe_max_similarity = 1.0
@@ -90,13 +93,12 @@ def ranked_from_ids(cand_ids: List[List[int]], id_to_db: Dict[int, int], k: int)
     return out
 
 
-def run_direct(cfg: Config, ds: PlaceDataset, recognizer: Optional[PlaceRecognizer] = None,
+def run_direct(cfg: Config, ds: PlaceDataset, extractor: Optional[DescriptorExtractor] = None,
                top_k: int = 10, progress: bool = True, features: Optional[DatasetFeatures] = None) -> PathResult:
-    """Map the database, then localise every query with mapping off; Recall@1/5/10 from the top-k.
-    With `features` (from `extract_dataset`) the model is not run again: only map, search, re-rank."""
-    cfg = benchmark_config(cfg, top_k)
-    rec = recognizer or PlaceRecognizer(cfg)
-    rec.detector.cfg = cfg.detector
+    """Map the database, then localise every query (the recognizer's localization mode); Recall@1/5/10
+    from the top-k. `extractor`: an already built model for `cfg` (else one is built). With `features`
+    (from `extract_dataset`) the model is not run again: only map, search, re-rank."""
+    rec = PlaceRecognizer(benchmark_config(cfg, top_k), extractor=extractor)
     reranking = rec.detector.reranker is not None
 
     def step(i: int, path, stamp: int, kind: str) -> FrameResult:
@@ -108,13 +110,13 @@ def run_direct(cfg: Config, ds: PlaceDataset, recognizer: Optional[PlaceRecogniz
 
     t0 = time.perf_counter()
     id_to_db: Dict[int, int] = {}
-    cfg.detector.mapping = True
+    rec.set_mode("mapping")
     with rec.detector.reranking_paused():  # the database frames' own matches are not scored
         for i, (path, stamp) in enumerate(tqdm(list(zip(ds.database, stream_stamps(len(ds.database)))),
                                                desc="direct: map database", disable=not progress)):
             res = step(i, path, stamp, "database")
             id_to_db[res.place_match.query.id] = i
-    cfg.detector.mapping = False
+    rec.set_mode("localization")
     cand_ids, scores = [], np.zeros((len(ds.queries), top_k), np.float32)
     global_ids, rerank_ms = [], []
     for i, (path, stamp) in enumerate(tqdm(list(zip(ds.queries, stream_stamps(len(ds.queries), QUERY_OFFSET_NS))),

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import rclpy
-import yaml
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
@@ -173,8 +172,6 @@ def replay(bag_dir: Path, node: NodeProcess, image_topic: str = "image", rate_hz
 def run_replay(cfg: Config, ds, workdir: Path, top_k: int = 10, progress: bool = True):
     """Bag path of the benchmark: node run 1 maps the database bag and saves the map on shutdown;
     node run 2 loads it with mapping off and localises the query bag. Same metrics as run_direct."""
-    import copy
-
     import numpy as np
 
     from offline_eval.bags import write_image_bag
@@ -186,7 +183,7 @@ def run_replay(cfg: Config, ds, workdir: Path, top_k: int = 10, progress: bool =
     db_bag = write_image_bag(ds.database, stream_stamps(len(ds.database)), workdir / "database_bag", progress=progress)
     q_bag = write_image_bag(ds.queries, stream_stamps(len(ds.queries), QUERY_OFFSET_NS), workdir / "query_bag",
                             progress=progress)
-    cfg = benchmark_config(copy.deepcopy(cfg), top_k)
+    cfg = benchmark_config(cfg, top_k)  # a copy: the node runs below set their own mapping and map keys on it
     cfg.map.path, cfg.map.autosave = str(workdir / "benchmark.vprmap"), True
     cfg.node.queue_size = max(cfg.node.queue_size, 4)
     env = ros_env()

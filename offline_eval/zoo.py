@@ -18,7 +18,6 @@ from vpr_core.datasets import PlaceDataset
 from vpr_core.images import load_image
 from vpr_core.models import DescriptorExtractor, build_model
 from vpr_core.models.weights import CheckpointError, resolve_checkpoint_path
-from vpr_core.pipeline import PlaceRecognizer
 
 
 def config_label(path) -> str:
@@ -87,11 +86,11 @@ def zoo_row(config_path: Path, ds: PlaceDataset, rerank_ks: Sequence[int] = (20,
     two_stage = cfg.rerank.method != "none" and ex.has_local
     base = copy.deepcopy(cfg)
     base.rerank.method = "none"
-    row.recall = run_direct(base, ds, PlaceRecognizer(base, extractor=ex), progress=False, features=feats).recall
+    row.recall = run_direct(base, ds, ex, progress=False, features=feats).recall
     for k in (rerank_ks if two_stage else ()):
         c = copy.deepcopy(cfg)
         c.rerank.top_k = min(k, len(ds.database))
-        res = run_direct(c, ds, PlaceRecognizer(c, extractor=ex), progress=progress, features=feats)
+        res = run_direct(c, ds, ex, progress=progress, features=feats)
         row.reranked[k], row.rerank_ms[k] = res.recall, res.rerank_ms
         if progress:  # a long row (ViT-L, K = 100 on CPU) reports each K as soon as it is known
             print(f"{config_label(config_path)}: R@1 {row.recall[1]:.3f} -> {res.recall[1]:.3f} after re-ranking "

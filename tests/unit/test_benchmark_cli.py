@@ -48,3 +48,15 @@ def test_zoo_table_shows_re_ranked_r5_and_the_raw_pixel_baseline_with_its_time(c
     assert "R@5 rr20" in table and "0.900     0.950    12.5" in table
     last = table.splitlines()[-1]
     assert last.startswith("raw pixels 32x24") and f"{base.recall[5]:.3f}" in last and "s for the whole dataset" in last
+
+
+def test_benchmark_config_is_a_copy_and_the_caller_config_is_untouched():
+    """Mapping vs localising is the recognizer's mode (set_mode), and the benchmark's retrieval settings live
+    in a copy: the config a caller passes (the zoo reuses one for every K) comes back as it went in."""
+    from offline_eval.direct import benchmark_config
+    from vpr_core.config import load_config
+    cfg = load_config()
+    before = cfg.to_dict()
+    bench = benchmark_config(cfg, top_k=7)
+    assert bench is not cfg and bench.detector.top_k == 7 and bench.detector.exclude_recent_s == 0.0
+    assert cfg.to_dict() == before
