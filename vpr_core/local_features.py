@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from vpr_core.config import MAX_LOCAL_FEATURES
-from vpr_core.map_file import read_npz
+from vpr_core.zip_reader import read_npz
 
 if TYPE_CHECKING:
     from vpr_core.geometry.pose import PoseResult

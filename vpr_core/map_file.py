@@ -12,12 +12,10 @@ MapError that says what was wrong.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
 import stat
-import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 
 from vpr_core.config import MAX_LOCAL_FEATURES
 from vpr_core.map_index import INDEX_LAYOUTS, IndexFormatError, check_index_bytes, max_index_bytes
+from vpr_core.zip_reader import check_directory, stored_span
 
 MAGIC = "vpr_ros-map"
 VERSION = 3  # 2: local.npz (keyframes' local features) added; 3: the model's fingerprint, keyframes' session and robot
@@ -225,82 +224,6 @@ def validate_keyframes(meta: Any, count: int, where: str) -> Tuple[List[int], Li
     return order, [by_id[k] for k in order]
 
 
-# ---- stored zip members, read by their local headers ------------------------------------------------
-_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # signature, version, flags, method, time, date, crc, sizes, name/extra len
-
-
-def _stored_span(read_at: Callable[[int, int], bytes], info: zipfile.ZipInfo, size: int) -> Tuple[int, int]:
-    """(offset, length) of a stored member's bytes, found through its local header, which must agree with
-    the directory. No CRC pass: the map header's sha256 of each member is the one checksum read."""
-    head = read_at(info.header_offset, _LOCAL_HEADER.size)
-    if len(head) != _LOCAL_HEADER.size:
-        raise ValueError(f"member {info.filename}: local header runs past the end")
-    sig, _, _, method, _, _, _, _, _, name_len, extra_len = _LOCAL_HEADER.unpack(head)
-    name = read_at(info.header_offset + _LOCAL_HEADER.size, name_len)
-    if sig != b"PK\x03\x04" or method != zipfile.ZIP_STORED or name != info.filename.encode():
-        raise ValueError(f"member {info.filename}: its local header does not match the zip directory")
-    start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
-    if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size or start + info.file_size > size:
-        raise ValueError(f"member {info.filename} is compressed or runs past the end of the data")
-    return start, info.file_size
-
-
-# ---- local.npz: numpy arrays read without trusting their headers -----------------------------------
-class _ViewFile(io.RawIOBase):
-    """A read-only, seekable file over a buffer without copying it (io.BytesIO copies a bytearray)."""
-
-    def __init__(self, data) -> None:
-        super().__init__()
-        self.view, self.pos = memoryview(data).cast("B"), 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: len(self.view)}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def readinto(self, b) -> int:
-        n = max(0, min(len(b), len(self.view) - self.pos))
-        b[:n] = self.view[self.pos:self.pos + n]
-        self.pos += n
-        return n
-
-
-def read_npz(data: bytes | bytearray, spec: Mapping[str, Tuple[str, int]]) -> Dict[str, np.ndarray]:
-    """Arrays {name: (dtype, ndim)} from an uncompressed npz; every member's header must declare exactly
-    the bytes it holds, no pickles. Raises ValueError (never allocates more than the data's size). The
-    arrays are views of `data` (writable when it is a bytearray): no copy is made."""
-    _check_directory(_ViewFile(data), len(data))
-    view = memoryview(data).cast("B")
-    with zipfile.ZipFile(_ViewFile(data)) as zf:
-        infos = {i.filename: i for i in zf.infolist()}
-        if len(infos) != len(zf.infolist()) or set(infos) != {f"{k}.npy" for k in spec}:
-            raise ValueError(f"npz members are {sorted(infos)}, expected {sorted(spec)}")
-        out = {}
-        for name, (dtype, ndim) in spec.items():
-            start, length = _stored_span(lambda off, n: bytes(view[off:off + n]), infos[f"{name}.npy"], len(data))
-            fh = io.BytesIO(view[start:start + min(length, 64 << 10)])  # the .npy header (at most 64 kB)
-            major, _ = np.lib.format.read_magic(fh)
-            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, fortran, got = read(fh)
-            want = np.dtype(dtype).newbyteorder("<")
-            if got != want or fortran or len(shape) != ndim:
-                raise ValueError(f"npz array {name} is {got}{list(shape)}, expected {ndim}-D {want}")
-            body = view[start + fh.tell():start + length]
-            if math.prod(shape) * want.itemsize != len(body):
-                raise ValueError(f"npz array {name} declares shape {shape} but holds {len(body)} bytes")
-            out[name] = np.frombuffer(body, want).reshape(shape)
-        return out
-
-
 # ---- the container ---------------------------------------------------------------------------------
 _NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
                 (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -334,21 +257,6 @@ def _open_regular(path: Path, max_bytes: int) -> Tuple[BinaryIO, int]:
     return os.fdopen(fd, "rb"), st.st_size
 
 
-def _check_directory(fh: BinaryIO, size: int) -> None:
-    """The zip's end record must list a few entries in a small directory (read before zipfile parses it)."""
-    tail_len = min(size, 22 + 0xFFFF)
-    fh.seek(size - tail_len)
-    tail = fh.read(tail_len)
-    at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or len(tail) - at < 22:
-        raise ValueError("no zip end record")
-    _, _, _, entries, total, cd_size, _, _ = struct.unpack("<4s4H2LH", tail[at:at + 22])
-    if entries > 8 or total > 8 or cd_size > 64 << 10:
-        raise ValueError(f"the zip directory lists {total} entries in {cd_size} bytes; a map has at most "
-                         f"{max(len(m) for m in MEMBERS.values())}")
-    fh.seek(0)
-
-
 @dataclass
 class MapContents:
     """A checked map file: header, ids in insertion order with their keyframe entries, and the raw
@@ -377,7 +285,7 @@ def read_map_file(path: str | Path, expected_dim: Optional[int] = None,
 
 
 def _read(fh: BinaryIO, size: int, path: Path, expected_dim: Optional[int], max_bytes: int) -> MapContents:
-    _check_directory(fh, size)
+    check_directory(fh, size)
     with zipfile.ZipFile(fh) as zf:
         infos = zf.infolist()
         names = [i.filename for i in infos]
@@ -395,7 +303,7 @@ def _read(fh: BinaryIO, size: int, path: Path, expected_dim: Optional[int], max_
                                f"{min(limit, size - info.header_offset)} a map with this header can hold")
             if name == HEADER_MEMBER:
                 return zf.read(info)  # small, and not covered by a sha256 of its own: zip's CRC checks it
-            start, length = _stored_span(lambda off, n: (fh.seek(off), fh.read(n))[1], info, size)
+            start, length = stored_span(lambda off, n: (fh.seek(off), fh.read(n))[1], info, size)
             out = bytearray(length)  # read once, straight into the buffer the arrays will view
             fh.seek(start)
             if fh.readinto(out) != length:
@@ -434,7 +342,7 @@ def is_map_file(path: str | Path) -> bool:
     try:
         fh, size = _open_regular(Path(path), 1 << 62)  # only the header is read
         with fh:
-            _check_directory(fh, size)
+            check_directory(fh, size)
             with zipfile.ZipFile(fh) as zf:
                 info = zf.getinfo(HEADER_MEMBER)
                 if info.file_size > HEADER_MAX_BYTES:
