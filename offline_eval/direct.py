@@ -12,9 +12,9 @@ from tqdm import tqdm
 
 from vpr_core.config import Config
 from vpr_core.datasets import PlaceDataset
+from vpr_core.decision import FrameResult
 from vpr_core.images import iter_image_batches, load_image
 from vpr_core.metrics import recall_at_k
-from vpr_core.detector import FrameResult
 from vpr_core.models import DescriptorExtractor
 from vpr_core.models.vpr_model import Extracted
 from vpr_core.pipeline import PlaceRecognizer

@@ -14,13 +14,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
 from vpr_core.config import DetectorConfig, RerankConfig
 from vpr_core.consistency import Consistency, PlaceLinks
+from vpr_core.decision import Decision, FrameResult, LoopClosure, PendingFrame, PlaceMatch, SequencePick
 from vpr_core.geometry import CameraModel, PoseConfig
 from vpr_core.geometry.loop import NOT_ATTEMPTED, loop_pose
 from vpr_core.keyframes import Candidate, Keyframe, KeyframePolicy, check_pose, pose_distance
@@ -29,97 +29,7 @@ from vpr_core.map_database import MapDatabase, too_recent
 from vpr_core.rerank import build_reranker, rerank
 from vpr_core.sequence import SequenceMatcher, best_other
 
-__all__ = ["Decision", "FrameResult", "LoopClosure", "LoopClosureDetector", "PendingFrame", "PlaceMatch", "REJECTIONS",
-           "STAGES"]
-
-# Where a frame's time goes, in flow order ("decode" is the node's, "model" the pipeline's).
-STAGES = ("decode", "model", "preprocess", "forward", "search", "rerank", "decision", "pose")  # model = preprocess + forward
-
-# Why a frame did not become a loop closure, in the order the gates are applied.
-# "map_replaced": the frame was searched in a map that a load or reset replaced before it was decided.
-REJECTIONS = ("map_replaced", "uninformative", "empty_map", "too_recent", "short_sequence", "unverified",
-              "below_threshold", "ambiguous", "degenerate_geometry", "inconsistent")
-
-
-@dataclass
-class PlaceMatch:
-    """The best map candidates for one query frame."""
-    query: Keyframe
-    is_keyframe: bool
-    candidates: List[Candidate] = field(default_factory=list)  # best first (re-ranked when re-ranking is on)
-    latency_ms: float = 0.0
-    global_candidates: List[Candidate] = field(default_factory=list)  # search order before re-ranking (re-ranked only)
-    rerank_ms: float = 0.0  # time spent re-ranking this frame's candidates
-    timings_ms: Dict[str, float] = field(default_factory=dict)  # stage -> ms (STAGES), measured stages only
-
-    @property
-    def best(self) -> Optional[Candidate]:
-        return self.candidates[0] if self.candidates else None
-
-
-@dataclass
-class LoopClosure:
-    """An accepted revisit: `query` is at the place of map keyframe `match`."""
-    query: Keyframe
-    match: Candidate
-    verification: Verification = field(default_factory=Verification)
-    sequence_score: float = float("nan")  # aligned-sequence score (NaN when sequence matching is off)
-    margin: float = float("nan")  # decision score minus the best other place's (NaN when there was none)
-
-    @property
-    def score(self) -> float:
-        return self.match.score
-
-
-@dataclass
-class Decision:
-    """What the gates saw for one frame: the candidate they judged, its scores and the verdict."""
-    candidate: Optional[Candidate] = None
-    score: float = float("nan")  # the score loop_threshold applies to (cosine or sequence score)
-    margin: float = float("nan")  # score minus the best other place's score
-    verified: bool = True  # local/geometric verification passed (True when none is configured)
-    supported: bool = False  # sequence support route: own cosine >= loop_threshold, score >= sequence_support
-    streak: int = 0  # consecutive agreeing frames up to this one
-    rejected: str = ""  # one of REJECTIONS, "" when a closure was published
-    detail: str = ""  # e.g. the geometry's own reason
-
-
-@dataclass
-class SequencePick:
-    """The best sequence end of a prepared frame, scored but not yet verified."""
-    keyframe: Keyframe
-    cosine: float  # its own cosine with the frame
-    scores: np.ndarray  # every hypothesis's sequence score
-    ends: np.ndarray  # their map positions
-    best: int  # index of the pick in both
-
-
-@dataclass
-class PendingFrame:
-    """A frame between `LoopClosureDetector.prepare` (searched, keyframe added) and `decide`."""
-    query: Keyframe
-    db: MapDatabase  # the map it was searched in (a replaced map closes nothing)
-    found: List[Candidate]  # search order
-    positions: Dict[int, int]  # candidate id -> map position
-    sequence: Optional[SequencePick]
-    no_candidate: str  # the rejection when nothing is picked: empty_map, too_recent or short_sequence
-    query_local: Optional[LocalFeatures]
-    camera: Optional[CameraModel]
-    depth: Optional[np.ndarray]
-    contrast: float
-    frame_number: float  # its place in time, frame periods (Consistency)
-    period: float  # the camera period it was prepared with (0 = unknown)
-    timings_ms: Dict[str, float] = field(default_factory=dict)
-    is_keyframe: bool = False
-    busy_ms: float = 0.0  # time spent preparing it (the pipeline's: model included)
-
-
-@dataclass
-class FrameResult:
-    place_match: PlaceMatch
-    loop_closure: Optional[LoopClosure] = None
-    decision: Decision = field(default_factory=Decision)
-
+__all__ = ["LoopClosureDetector"]
 
 class LoopClosureDetector:
     """Stateful per-stream decision logic over one MapDatabase; plain Python, no ROS."""

@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 
 from vpr_core.config import Config, ConfigError
-from vpr_core.detector import FrameResult, LoopClosureDetector, PendingFrame
+from vpr_core.decision import FrameResult, PendingFrame
+from vpr_core.detector import LoopClosureDetector
 from vpr_core.geometry import CameraModel
 from vpr_core.id_floor import IdFloor
 from vpr_core.images import ImageError, ImageTooLarge, OpenCVError

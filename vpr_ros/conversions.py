@@ -11,9 +11,9 @@ from geometry_msgs.msg import Pose, PoseWithCovariance
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
+from vpr_core.decision import LoopClosure as CoreLoopClosure
+from vpr_core.decision import PlaceMatch as CorePlaceMatch
 from vpr_core.depth import decode_depth
-from vpr_core.detector import LoopClosure as CoreLoopClosure
-from vpr_core.detector import PlaceMatch as CorePlaceMatch
 from vpr_core.geometry import CameraModel
 from vpr_core.images import decode_compressed, decode_raw, encode_raw
 from vpr_core.local_features import Verification

@@ -12,7 +12,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from vpr_core.debug_view import DebugView, ThumbnailCache, compose
-from vpr_core.detector import FrameResult
+from vpr_core.decision import FrameResult
 from vpr_ros.conversions import pose_fields, rgb_to_image
 
 

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Typ
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-from vpr_core.detector import REJECTIONS
+from vpr_core.decision import REJECTIONS
 
 STATUS_NAME = "vpr_ros: loop closure"
 # Drop reasons always reported (0 included); any other reason the pipeline counts is added as it appears

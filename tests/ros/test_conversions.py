@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from vpr_core.detector import LoopClosure
+from vpr_core.decision import LoopClosure
 from vpr_core.geometry import PoseResult
 from vpr_core.keyframes import Candidate, Keyframe
 from vpr_core.local_features import Verification
@@ -84,7 +84,7 @@ def test_a_pose_without_a_finite_covariance_is_not_published():
 
 
 def test_closure_and_place_match_say_which_sessions_and_robots_they_join():
-    from vpr_core.detector import PlaceMatch as CorePlaceMatch
+    from vpr_core.decision import PlaceMatch as CorePlaceMatch
     from vpr_ros.conversions import place_match_msg
     query = Keyframe(42, 5_000_000_123, "cam", session=3, robot="robot_b")
     old = Candidate(Keyframe(7, 1_000_000_000, "cam_old", session=1, robot="robot_a"), 0.93)

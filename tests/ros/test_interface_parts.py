@@ -8,7 +8,7 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from visualization_msgs.msg import Marker
 
 from vpr_core.config import NodeConfig
-from vpr_core.detector import REJECTIONS
+from vpr_core.decision import REJECTIONS
 from vpr_ros.diagnostics import STATUS_NAME, DiagnosticsReporter, Snapshot
 from vpr_ros.inputs import camera_info_topic, image_topics
 from vpr_ros.markers import LoopGraphMarkers

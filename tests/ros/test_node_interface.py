@@ -24,7 +24,7 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
 from offline_eval.pose_views import known_view
-from vpr_core.detector import REJECTIONS
+from vpr_core.decision import REJECTIONS
 from vpr_core.geometry import CameraModel, quaternion_xyzw
 from vpr_msgs.srv import QueryPlace
 from vpr_ros.conversions import rgb_to_image, to_ns, to_time

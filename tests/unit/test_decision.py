@@ -7,7 +7,8 @@ import pytest
 
 from vpr_core.config import DetectorConfig, RerankConfig
 from vpr_core.consistency import Consistency
-from vpr_core.detector import REJECTIONS, STAGES, LoopClosureDetector
+from vpr_core.decision import REJECTIONS, STAGES
+from vpr_core.detector import LoopClosureDetector
 from vpr_core.geometry import CameraModel, PoseConfig
 from vpr_core.keyframes import check_pose, pose_angle_deg, pose_distance
 from vpr_core.local_features import LocalFeatures

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from vpr_core.config import DetectorConfig
-from vpr_core.detector import FrameResult, LoopClosure, LoopClosureDetector, PlaceMatch
+from vpr_core.decision import FrameResult, LoopClosure, PlaceMatch
+from vpr_core.detector import LoopClosureDetector
 from vpr_core.keyframes import Keyframe
 from vpr_core.map_database import MapDatabase
 
