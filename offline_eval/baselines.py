@@ -11,7 +11,7 @@ import numpy as np
 from offline_eval.direct import PathResult
 from vpr_core.datasets import PlaceDataset
 from vpr_core.images import load_image
-from vpr_core.metrics import rank_database, recall_at_k
+from vpr_core.metrics import rank_database
 
 
 def raw_pixel_descriptors(paths: List, size=(32, 24)) -> np.ndarray:
@@ -28,5 +28,4 @@ def run_raw_pixels(ds: PlaceDataset, top_k: int = 10) -> PathResult:
     """Recall of the baseline, with the seconds it took (reading the images included, like the other paths)."""
     t0 = time.perf_counter()
     scores, ranked = rank_database(raw_pixel_descriptors(ds.queries), raw_pixel_descriptors(ds.database), top_k)
-    return PathResult("raw pixels 32x24", ranked, scores, recall_at_k(ranked, ds.positives),
-                      seconds=time.perf_counter() - t0)
+    return PathResult.scored("raw pixels 32x24", ranked, scores, ds.positives, time.perf_counter() - t0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -14,7 +14,7 @@ from vpr_core.config import Config
 from vpr_core.datasets import PlaceDataset
 from vpr_core.decision import FrameResult
 from vpr_core.images import iter_image_batches, load_image
-from vpr_core.metrics import recall_at_k
+from vpr_core.metrics import PRSummary, pr_curve, recall_at_k, retrieval_pr
 from vpr_core.models import DescriptorExtractor
 from vpr_core.models.vpr_model import Extracted
 from vpr_core.pipeline import PlaceRecognizer
@@ -35,6 +35,14 @@ class PathResult:
     recall_global: Dict[int, float] = field(default_factory=dict)  # before re-ranking (global descriptor only);
     #                                                                 empty when re-ranking is off
     rerank_ms: float = 0.0  # mean re-ranking time per query (0 when re-ranking is off)
+    pr: Optional[PRSummary] = None  # accepting the top-1 by its score (metrics.retrieval_pr): AUC, R@100%P, R@99%P
+
+    @classmethod
+    def scored(cls, path: str, ranked: np.ndarray, scores: np.ndarray, positives: Sequence[np.ndarray],
+               seconds: float = 0.0, missing: int = 0) -> "PathResult":
+        """A result with its Recall@1/5/10 and precision-recall summary computed from the ranking."""
+        return cls(path, ranked, scores, recall_at_k(ranked, positives), seconds, missing,
+                   pr=pr_curve(*retrieval_pr(ranked, scores, positives)))
 
 
 def benchmark_config(cfg: Config, top_k: int = 10) -> Config:
@@ -129,7 +137,7 @@ def run_direct(cfg: Config, ds: PlaceDataset, extractor: Optional[DescriptorExtr
             global_ids.append([c.id for c in pm.global_candidates])
             rerank_ms.append(pm.rerank_ms)
     ranked = ranked_from_ids(cand_ids, id_to_db, top_k)
-    out = PathResult("direct", ranked, scores, recall_at_k(ranked, ds.positives), time.perf_counter() - t0)
+    out = PathResult.scored("direct", ranked, scores, ds.positives, time.perf_counter() - t0)
     if reranking:
         out.recall_global = recall_at_k(ranked_from_ids(global_ids, id_to_db, top_k), ds.positives)
         out.rerank_ms = float(np.mean(rerank_ms)) if rerank_ms else 0.0

@@ -176,7 +176,6 @@ def run_replay(cfg: Config, ds, workdir: Path, top_k: int = 10, progress: bool =
 
     from offline_eval.bags import write_image_bag
     from offline_eval.direct import QUERY_OFFSET_NS, PathResult, benchmark_config, ranked_from_ids, stream_stamps
-    from vpr_core.metrics import recall_at_k
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -205,5 +204,5 @@ def run_replay(cfg: Config, ds, workdir: Path, top_k: int = 10, progress: bool =
             sc = list(by_stamp[s].scores)[:top_k]
             scores[i, :len(sc)] = sc
     ranked = ranked_from_ids(cand_ids, id_to_db, top_k)
-    return PathResult("bag replay", ranked, scores, recall_at_k(ranked, ds.positives), time.perf_counter() - t0,
-                      missing=mapped.missing + located.missing)
+    return PathResult.scored("bag replay", ranked, scores, ds.positives, time.perf_counter() - t0,
+                             missing=mapped.missing + located.missing)

@@ -3,6 +3,7 @@ run), a JSON record, and a Recall@K plot."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -13,15 +14,19 @@ from vpr_core.metrics import recall_at_k
 
 
 def recall_table(results: Sequence[PathResult], baseline: Optional[PathResult] = None, title: str = "") -> str:
-    head = f"{'path':<22}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'R@1 / base':>12}{'seconds':>10}{'missing':>9}"
+    head = (f"{'path':<22}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'R@1 / base':>12}{'AUC-PR':>8}{'R@100%P':>9}"
+            f"{'seconds':>10}{'missing':>9}")
     lines = [title, head, "-" * len(head)] if title else [head, "-" * len(head)]
     for r in results:
         rows = [(r.path, r.recall)] if not r.recall_global else \
             [(f"{r.path} (global)", r.recall_global), (f"{r.path} (re-ranked)", r.recall)]
         for name, rec in rows:
             ratio = (rec[1] / baseline.recall[1]) if baseline and baseline.recall.get(1) else float("nan")
+            # the PR curve is of the path's final ranking (re-ranked when re-ranking is on)
+            pr = r.pr if r.pr is not None and rec is r.recall else None
+            auc, r100 = (f"{pr.auc:>8.3f}", f"{pr.recall_at_100:>9.3f}") if pr else (f"{'-':>8}", f"{'-':>9}")
             lines.append(f"{name:<22}{rec[1]:>8.3f}{rec[5]:>8.3f}{rec[10]:>8.3f}"
-                         f"{ratio:>11.2f}x{r.seconds:>10.1f}{r.missing:>9d}")
+                         f"{ratio:>11.2f}x{auc}{r100}{r.seconds:>10.1f}{r.missing:>9d}")
     reranked = [r for r in results if r.recall_global]
     lines += [f"{r.path}: re-ranking took {r.rerank_ms:.1f} ms per query" for r in reranked]
     return "\n".join(lines)
@@ -35,6 +40,7 @@ def agreement(a: PathResult, b: PathResult) -> float:
 def save_json(results: Sequence[PathResult], path: Path, **meta) -> Path:
     path.write_text(json.dumps({**meta, "results": [
         {"path": r.path, "recall": r.recall, "seconds": r.seconds, "missing": r.missing,
+         "pr": asdict(r.pr) if r.pr is not None else None,
          **({"recall_global": r.recall_global, "rerank_ms": r.rerank_ms} if r.recall_global else {})}
         for r in results]}, indent=2))
     return path

@@ -1,8 +1,9 @@
-"""Retrieval metrics: Recall@K over ranked database indices, and precision/recall of loop closures."""
+"""Retrieval metrics: Recall@K over ranked database indices, the precision-recall curve of accepting the
+top-1 match by its score, and precision/recall of loop closures."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -22,6 +23,29 @@ def recall_at_k(ranked: np.ndarray, positives: Sequence[np.ndarray], ks: Sequenc
     hits = np.array([np.isin(row, pos) for row, pos in zip(ranked, positives)])
     first = np.where(hits.any(1), hits.argmax(1), np.inf)
     return {k: float(np.mean(first < k)) for k in ks}
+
+
+def retrieval_pr(ranked: np.ndarray, scores: np.ndarray,
+                 positives: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """(precision, recall) of accepting each query's top-1 match when its score reaches a threshold, one
+    point per distinct top-1 score, highest first (VPR-Bench's protocol). Precision is over the accepted
+    queries; recall over the queries that have a right answer in the database; a query with no top-1
+    (-1) is never accepted. Summarise with `pr_curve`."""
+    ranked, scores = np.asarray(ranked), np.asarray(scores, np.float64)
+    if ranked.ndim != 2 or ranked.shape[0] != len(positives) or scores.shape[0] != len(positives):
+        raise ValueError(f"ranked and scores must be (num_queries, K); got {ranked.shape} and {scores.shape} "
+                         f"for {len(positives)} queries")
+    answerable = sum(len(p) > 0 for p in positives)
+    if not len(positives) or ranked.shape[1] == 0 or not answerable:
+        return np.zeros(0), np.zeros(0)
+    top, top_score = ranked[:, 0], scores[:, 0]
+    accepted = top >= 0
+    right = np.array([t in set(np.asarray(p).tolist()) for t, p in zip(top, positives)]) & accepted
+    order = np.argsort(-top_score[accepted], kind="stable")
+    s, ok = top_score[accepted][order], right[accepted][order]
+    tp, n = np.cumsum(ok), np.arange(1, len(ok) + 1)
+    last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # the end of each group of equal scores
+    return tp[last] / n[last], tp[last] / answerable
 
 
 def rank_database(queries: np.ndarray, database: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:

@@ -60,3 +60,22 @@ def test_benchmark_config_is_a_copy_and_the_caller_config_is_untouched():
     bench = benchmark_config(cfg, top_k=7)
     assert bench is not cfg and bench.detector.top_k == 7 and bench.detector.exclude_recent_s == 0.0
     assert cfg.to_dict() == before
+
+
+def test_recall_table_reports_the_pr_summary_of_each_path(tmp_path):
+    import json
+
+    import numpy as np
+
+    from offline_eval.direct import PathResult
+    from offline_eval.report import recall_table, save_json
+    ranked = np.array([[0, 1], [5, 1], [2, 9], [3, 1]])
+    scores = np.array([[.9, .1], [.8, .1], [.7, .1], [.6, .1]])
+    positives = [np.array([0]), np.array([1]), np.array([2]), np.array([3])]
+    res = PathResult.scored("direct", np.pad(ranked, ((0, 0), (0, 8)), constant_values=-1),
+                            np.pad(scores, ((0, 0), (0, 8))), positives, seconds=1.0)
+    assert res.recall[1] == 0.75 and res.pr.recall_at_100 == 0.25
+    line = recall_table([res]).splitlines()[-1]
+    assert line.split()[:6] == ["direct", "0.750", "1.000", "1.000", "nanx", f"{res.pr.auc:.3f}"] and "0.250" in line
+    saved = json.loads(save_json([res], tmp_path / "r.json").read_text())
+    assert saved["results"][0]["pr"]["recall_at_100"] == 0.25

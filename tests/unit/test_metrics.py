@@ -77,3 +77,30 @@ def test_closure_stats():
     empty = ClosureStats(published=0, correct=0, revisits=0)
     assert math.isnan(empty.precision) and math.isnan(empty.recall)
     assert ClosureStats(published=0, correct=0, revisits=4).recall == 0.0
+
+
+def test_retrieval_pr_by_hand():
+    """Four queries whose top-1 scores are 0.9 (right), 0.8 (wrong), 0.7 (right), 0.6 (right), and a fifth
+    with no answer: accepted from the highest score down, precision 1, 1/2, 2/3, 3/4 at recall 1/4, 1/4,
+    2/4, 3/4 (four queries have a right answer). Summarised: R@100%P 0.25; AUC by the trapezoid rule from
+    recall 0: 0.25 + 0.25 * (1/2 + 2/3) / 2 + 0.25 * (2/3 + 3/4) / 2."""
+    from vpr_core.metrics import pr_curve, retrieval_pr
+    ranked = np.array([[0, 1], [5, 1], [2, 9], [3, 1], [-1, -1]])
+    scores = np.array([[.9, .1], [.8, .1], [.7, .1], [.6, .1], [0, 0]])
+    positives = [np.array([0]), np.array([1]), np.array([2]), np.array([3]), np.array([], np.int64)]
+    p, r = retrieval_pr(ranked, scores, positives)
+    assert np.allclose(p, [1, 1 / 2, 2 / 3, 3 / 4]) and np.allclose(r, [.25, .25, .5, .75])
+    s = pr_curve(p, r)
+    assert s.recall_at_100 == 0.25 and s.recall_at_99 == 0.25
+    assert s.auc == pytest.approx(0.25 + 0.25 * (1 / 2 + 2 / 3) / 2 + 0.25 * (2 / 3 + 3 / 4) / 2)
+
+
+def test_retrieval_pr_ties_and_empty_cases():
+    from vpr_core.metrics import retrieval_pr
+    # equal scores are one threshold: both accepted together, one point
+    p, r = retrieval_pr(np.array([[0], [7]]), np.array([[.5], [.5]]), [np.array([0]), np.array([1])])
+    assert p.tolist() == [0.5] and r.tolist() == [0.5]
+    p, r = retrieval_pr(np.zeros((2, 0), np.int64), np.zeros((2, 0)), [np.array([0]), np.array([1])])
+    assert len(p) == len(r) == 0
+    with pytest.raises(ValueError, match="num_queries"):
+        retrieval_pr(np.zeros((3, 2)), np.zeros((3, 2)), [np.array([0])])
