@@ -50,11 +50,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="compare model configs instead (descriptor size, images/s at batch 1 and 16, Recall@1/5, "
                          "and for two-stage configs Recall@1 after re-ranking the top K with its time per query)")
     ap.add_argument("--rerank-k", default="20,100", help="with --zoo: the K values to re-rank (comma-separated)")
+    ap.add_argument("--descriptors", nargs=2, type=Path, metavar=("QUERIES.npy", "DATABASE.npy"),
+                    help="also score descriptors computed elsewhere: one row per query / database image of the whole "
+                         "dataset, in its order (vpr-core extract writes them)")
     ap.add_argument("--out", type=Path, help="folder for results.json, recall.png and the bags (default: runs/<time>)")
     args = ap.parse_args(argv)
     paths = [p.strip() for p in (args.paths or ("direct,raw" if args.zoo else ",".join(PATHS))).split(",") if p.strip()]
     if set(paths) - set(PATHS):
         ap.error(f"--paths accepts {PATHS}")
+    if args.descriptors and (args.zoo or args.stride != 1 or args.max_queries or args.head or args.segment):
+        ap.error("--descriptors scores whole-dataset files (one row per image): it cannot be combined with --zoo, "
+                 "--stride, --max-queries, --head or --segment")
     if args.zoo:  # every option works in zoo mode or is refused with the reason
         if args.config:
             ap.error("--config has no effect with --zoo: list every config to compare after --zoo")
@@ -80,12 +86,22 @@ def main(argv: Optional[List[str]] = None) -> int:
                        parse_overrides(args.set))
     print(f"{ds.name}: {len(ds.database)} database images, {len(ds.queries)} queries; model {cfg.model.name}")
     results: List[PathResult] = []
+    precomputed = None
+    if args.descriptors:  # checked before the long paths run: a wrong file fails at once
+        from offline_eval.precomputed import run_descriptors
+        try:
+            precomputed = run_descriptors(ds, *args.descriptors)
+        except ValueError as exc:
+            print(f"vpr-benchmark: {exc}", file=sys.stderr)
+            return 2
     baseline = run_raw_pixels(ds) if "raw" in paths else None
     if "direct" in paths:
         results.append(run_direct(cfg, ds))
     if "replay" in paths:
         from offline_eval.replay import run_replay  # needs rclpy and vpr_msgs
         results.append(run_replay(cfg, ds, Path(tempfile.mkdtemp(dir=out, prefix="replay-"))))
+    if precomputed is not None:
+        results.append(precomputed)
     if baseline is not None:
         results.append(baseline)
     print(recall_table(results, baseline, title=f"{ds.name} ({cfg.model.name})"))

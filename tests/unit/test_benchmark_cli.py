@@ -79,3 +79,33 @@ def test_recall_table_reports_the_pr_summary_of_each_path(tmp_path):
     assert line.split()[:6] == ["direct", "0.750", "1.000", "1.000", "nanx", f"{res.pr.auc:.3f}"] and "0.250" in line
     saved = json.loads(save_json([res], tmp_path / "r.json").read_text())
     assert saved["results"][0]["pr"]["recall_at_100"] == 0.25
+
+
+def test_descriptors_computed_elsewhere_are_scored_like_the_direct_path(corridor_root, tmp_path, capsys,
+                                                                         default_extractor):
+    """`vpr-core extract` rows of the corridor queries and database, scored by `--descriptors`, give the
+    direct path's Recall@1; malformed files are refused before any other work, naming the problem."""
+    import numpy as np
+
+    from offline_eval.benchmark import main
+    from vpr_core.datasets import load_dataset
+    from vpr_core.images import load_image
+    ds = load_dataset(corridor_root)
+    q = default_extractor([load_image(p) for p in ds.queries])
+    db = default_extractor([load_image(p) for p in ds.database])
+    np.save(tmp_path / "q.npy", q * 3.0)  # any scale: rows are normalised
+    np.save(tmp_path / "db.npy", db)
+    assert main([str(corridor_root), "--paths", "raw", "--descriptors", str(tmp_path / "q.npy"),
+                 str(tmp_path / "db.npy"), "--out", str(tmp_path / "out")]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("descriptors q"))
+    assert line.split()[2] == "0.676"  # corridor R@1 of the default model, as on the direct path
+    bad = db.copy()
+    bad[3, 0] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    np.save(tmp_path / "short.npy", db[:-1])
+    for name, words in (("bad.npy", "NaN or inf in row 3"), ("short.npy", "one row per database image")):
+        assert main([str(corridor_root), "--paths", "direct", "--descriptors", str(tmp_path / "q.npy"),
+                     str(tmp_path / name), "--out", str(tmp_path / "out2")]) == 2
+        assert words in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(corridor_root), "--stride", "2", "--descriptors", str(tmp_path / "q.npy"), str(tmp_path / "db.npy")])
