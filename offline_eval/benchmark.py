@@ -3,9 +3,11 @@ path and through the real node (bag replay), beside the raw-pixel baseline of th
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
@@ -34,7 +36,8 @@ def parse_overrides(items: List[str]) -> dict:
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="vpr-benchmark", description=__doc__)
-    ap.add_argument("dataset", help="dataset folder (query/ + database/ or ref/ with ground truth)")
+    ap.add_argument("dataset", help="dataset folder (query/ + database/ or ref/ with ground truth), or a pair list "
+                                    "file (path1,path2,label lines: ROC AUC and accuracy, DINOVPR's protocol)")
     ap.add_argument("--config", help="model/detector YAML (default: config/default.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     ap.add_argument("--paths", help=f"comma-separated subset of {','.join(PATHS)} (default: all; with --zoo: direct,raw)")
@@ -55,6 +58,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "dataset, in its order (vpr-core extract writes them)")
     ap.add_argument("--out", type=Path, help="folder for results.json, recall.png and the bags (default: runs/<time>)")
     args = ap.parse_args(argv)
+    if Path(args.dataset).is_file():
+        return run_pair_list(ap, args)
     paths = [p.strip() for p in (args.paths or ("direct,raw" if args.zoo else ",".join(PATHS))).split(",") if p.strip()]
     if set(paths) - set(PATHS):
         ap.error(f"--paths accepts {PATHS}")
@@ -111,6 +116,29 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"direct vs bag replay: same top-1 on {agreement(direct, replayed):.1%} of queries")
     save_json(results, out / "results.json", dataset=str(ds.root), model=cfg.model.name, queries=len(ds.queries))
     print(f"wrote {plot_recall(results, ds.positives, out / 'recall.png', ds.name)} and {out / 'results.json'}")
+    return 0
+
+
+def run_pair_list(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """A pair list instead of a dataset folder: options that mean nothing for pairs are refused."""
+    from offline_eval.pairs import pair_table, run_pairs
+    given = [opt for opt, on in (("--zoo", args.zoo), ("--paths", args.paths), ("--descriptors", args.descriptors),
+                                 ("--stride", args.stride != 1), ("--max-queries", args.max_queries),
+                                 ("--head", args.head), ("--segment", args.segment)) if on]
+    if given:
+        ap.error(f"{args.dataset} is a pair list: {', '.join(given)} apply to dataset folders only")
+    try:
+        cfg = load_config(args.config, parse_overrides(args.set))
+        res = run_pairs(cfg, Path(args.dataset))
+    except (ConfigError, DatasetError, ValueError) as exc:
+        print(f"vpr-benchmark: {exc}", file=sys.stderr)
+        return 2
+    print(pair_table(res, cfg.model.name))
+    out = args.out or Path("runs") / time.strftime("benchmark-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pairs.json").write_text(json.dumps({"pair_list": str(args.dataset), "model": cfg.model.name,
+                                                **asdict(res.scores), "seconds": res.seconds}, indent=2))
+    print(f"wrote {out / 'pairs.json'}")
     return 0
 
 

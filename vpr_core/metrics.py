@@ -95,3 +95,38 @@ def pr_curve(precision: Sequence[float], recall: Sequence[float]) -> PRSummary:
     rs = np.concatenate([[0.0], r[order]])
     ps = np.concatenate([p[order][:1], p[order]])  # the curve starts at recall 0 with the first precision
     return PRSummary(at(1.0), at(0.99), float(np.trapezoid(ps, rs)))
+
+
+@dataclass
+class PairScores:
+    """Same-place / different-place pairs judged by descriptor similarity (DINOVPR's protocol)."""
+    auc: float  # ROC area: the chance a same-place pair scores above a different-place one (ties count half)
+    accuracy: float  # the best share of pairs right with one threshold
+    threshold: float  # that threshold (a pair is "same place" when its similarity >= it)
+    pairs: int
+
+
+def pair_scores(similarity: Sequence[float], labels: Sequence[int]) -> PairScores:
+    """ROC AUC (Mann-Whitney, ties half) and the best single-threshold accuracy of labelled pairs."""
+    s, y = np.asarray(similarity, np.float64).reshape(-1), np.asarray(labels).reshape(-1)
+    if s.shape != y.shape or not len(s) or not np.isin(y, (0, 1)).all():
+        raise ValueError(f"need one 0/1 label per similarity, got {s.shape} similarities and labels {np.unique(y)}")
+    pos, neg = int(y.sum()), int(len(y) - y.sum())
+    order = np.argsort(s, kind="stable")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    for a, b in zip(starts, ends):  # average ranks over ties
+        ranks[order[a:b]] = (a + b + 1) / 2.0
+    auc = float((ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg)) if pos and neg else float("nan")
+    # accuracy at each distinct threshold (and above all of them: every pair "different")
+    desc = np.argsort(-s, kind="stable")
+    tp = np.cumsum(y[desc] == 1)
+    fp = np.cumsum(y[desc] == 0)
+    last = np.flatnonzero(np.r_[s[desc][1:] != s[desc][:-1], True])
+    correct = np.r_[neg, tp[last] + (neg - fp[last])]
+    best = int(np.argmax(correct))
+    threshold = float("inf") if best == 0 else float(s[desc][last[best - 1]])
+    return PairScores(auc, float(correct[best] / len(s)), threshold, len(s))
+

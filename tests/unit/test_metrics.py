@@ -104,3 +104,16 @@ def test_retrieval_pr_ties_and_empty_cases():
     assert len(p) == len(r) == 0
     with pytest.raises(ValueError, match="num_queries"):
         retrieval_pr(np.zeros((3, 2)), np.zeros((3, 2)), [np.array([0])])
+
+
+def test_pair_scores_by_hand():
+    """Similarities 0.9 (same), 0.8 (different), 0.7 (same), 0.2 (different): of the four same/different
+    couples three are ordered right (0.7 < 0.8 is not): AUC 0.75; one threshold gets at most 3 of 4
+    pairs right, first at 0.9. Ties count half; labels other than 0/1 are refused."""
+    from vpr_core.metrics import pair_scores
+    s = pair_scores([0.9, 0.8, 0.7, 0.2], [1, 0, 1, 0])
+    assert (s.auc, s.accuracy, s.threshold, s.pairs) == (0.75, 0.75, 0.9, 4)
+    assert pair_scores([0.5, 0.5], [1, 0]).auc == 0.5
+    assert pair_scores([0.1, 0.2, 0.9], [0, 0, 1]).accuracy == 1.0
+    with pytest.raises(ValueError, match="0/1 label"):
+        pair_scores([0.1, 0.2], [0, 2])
