@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from offline_eval.benchmark import parse_overrides
 from offline_eval.direct import DatasetFeatures, contrast_of, extract_dataset, stream_stamps
+from offline_eval.feature_cache import default_cache
 from vpr_core.config import Config, ConfigError, config_from_dict, load_config
-from vpr_core.datasets import DatasetError, PlaceDataset, load_dataset
 from vpr_core.consistency import Consistency
+from vpr_core.datasets import DatasetError, PlaceDataset, load_dataset
 from vpr_core.metrics import ClosureStats, pr_curve
 from vpr_core.models import DescriptorExtractor
 from vpr_core.pipeline import PlaceRecognizer
@@ -234,7 +235,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = args.out or Path("runs") / time.strftime("closures-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     extractor = DescriptorExtractor(cfg.model)
-    stream = as_stream(ds, extract_dataset(extractor, ds))
+    stream = as_stream(ds, extract_dataset(extractor, ds, cache=default_cache()))
     import torch
     torch.set_num_threads(1)  # per-query matching is small work: one thread is several times faster on 2 cores
     length = args.sequence_length or (cfg.detector.sequence_length if cfg.detector.sequence_length > 1 else 10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -71,9 +72,24 @@ class DatasetFeatures:
     queries: Extracted
 
 
-def extract_dataset(ex: DescriptorExtractor, ds: PlaceDataset, progress: bool = True) -> DatasetFeatures:
-    """Run the model over the database and the queries in batches of `model.batch_size`."""
+def extract_dataset(ex: DescriptorExtractor, ds: PlaceDataset, progress: bool = True,
+                    cache: Optional[Path] = None) -> DatasetFeatures:
+    """Run the model over the database and the queries in batches of `model.batch_size`. With `cache`
+    (a folder; offline_eval.feature_cache), features extracted before by the same model from the same
+    files are read instead."""
+    from offline_eval.feature_cache import feature_key, load_features, save_features
+
     def run(paths, what: str) -> Extracted:
+        key = feature_key(ex, paths) if cache is not None else ""
+        found = load_features(cache, key, len(paths), ex.has_local) if cache is not None else None
+        if found is not None:
+            return found
+        out = extract(paths, what)
+        if cache is not None:
+            save_features(cache, key, out)
+        return out
+
+    def extract(paths, what: str) -> Extracted:
         bs = max(1, ex.cfg.batch_size)
         parts: List[Extracted] = []
         for images, errors in tqdm(iter_image_batches(paths, bs), total=-(-len(paths) // bs),

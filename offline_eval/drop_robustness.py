@@ -19,6 +19,7 @@ import numpy as np
 from offline_eval.benchmark import parse_overrides
 from offline_eval.closures import as_stream
 from offline_eval.direct import extract_dataset, stream_stamps
+from offline_eval.feature_cache import default_cache
 from vpr_core.config import load_config
 from vpr_core.datasets import load_dataset
 from vpr_core.pipeline import PlaceRecognizer
@@ -36,7 +37,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ds = load_dataset(args.dataset).segment_of(args.segment)
     cfg = load_config(args.config, parse_overrides(args.set))
     first = PlaceRecognizer(cfg)
-    stream = as_stream(ds, extract_dataset(first.extractor, ds))  # the stream and its judge vpr-closures uses
+    stream = as_stream(ds, extract_dataset(first.extractor, ds, cache=default_cache()))  # the stream and its judge vpr-closures uses
     frames, stamps, n_db, worst = stream.features, stream_stamps(len(stream.features)), len(ds.database), 0
     print(f"{ds.name}: {len(frames)} frames as one stream; decision of {args.config or 'config/default.yaml'}")
     print(f"{'dropped':>8}{'seed':>6}{'closures':>10}{'false':>7}  false (query frame -> matched database frame)")

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from offline_eval.benchmark import parse_overrides
 from offline_eval.direct import extract_dataset
+from offline_eval.feature_cache import default_cache
 from vpr_core.config import ConfigError, load_config
 from vpr_core.datasets import PlaceDataset, load_dataset
 from vpr_core.keyframes import Keyframe
@@ -250,7 +251,7 @@ def print_recall(recalls: Dict[str, Dict[str, float]], distractors: int = 0) -> 
 
 
 def _features(ex, ds: PlaceDataset, progress: bool) -> tuple:
-    f = extract_dataset(ex, ds, progress=progress)
+    f = extract_dataset(ex, ds, progress=progress, cache=default_cache())
     return f.database.global_desc, f.queries.global_desc, ds.positives
 
 
