@@ -82,3 +82,4 @@ def test_restart_never_reuses_any_query_id(restart):
     last_id = max(pm.query_id for _, _, pm in r.run1)
     first_new = r.revisits[0][1].query_id
     assert first_new > last_id, f"run 2's first frame got id {first_new}; run 1 already used ids up to {last_id}"
+
