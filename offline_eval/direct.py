@@ -80,14 +80,14 @@ def extract_dataset(ex: DescriptorExtractor, ds: PlaceDataset, progress: bool = 
     from offline_eval.feature_cache import feature_key, load_features, save_features
 
     def run(paths, what: str) -> Extracted:
-        key = feature_key(ex, paths) if cache is not None else ""
-        found = load_features(cache, key, len(paths), ex.has_local) if cache is not None else None
-        if found is not None:
-            return found
-        out = extract(paths, what)
-        if cache is not None:
-            save_features(cache, key, out)
-        return out
+        if cache is None:
+            return extract(paths, what)
+        key = feature_key(ex, paths)
+        found = load_features(cache, key, len(paths), ex.has_local)
+        if found is None:
+            found = extract(paths, what)
+            save_features(cache, key, found)
+        return found
 
     def extract(paths, what: str) -> Extracted:
         bs = max(1, ex.cfg.batch_size)

@@ -142,9 +142,10 @@ class LoopClosureDetector:
         self.sequence.push(descriptor, list(positions.values()), query.stamp_ns)
         seq = self._sequence_pick(query.stamp_ns) if self.cfg.sequence_length > 1 else None
         why = "empty_map" if not len(self.db) else "too_recent" if not found else "short_sequence"
+        period = self.sequence.period()
         pending = PendingFrame(query, self.db, found, positions, seq, why, query_local,
                                camera or self.cameras.get(frame_id), depth, contrast,
-                               self._frame_number(query), self.sequence.period(), timings)
+                               self._frame_number(query, period), period, timings)
         timings["decision"] = (time.perf_counter() - t_seq) * 1e3  # sequence scoring; decide adds the gates
         pending.is_keyframe = self.mapping and self.keyframes.wants(descriptor, query.stamp_ns, pose)
         if pending.is_keyframe:
@@ -159,19 +160,17 @@ class LoopClosureDetector:
         """The rest of `process` for a prepared frame: re-rank, verify, apply the gates and temporal
         consistency. A frame searched in a map that has since been replaced (load, reset) closes nothing."""
         timings = p.timings_ms
+        replaced = p.db is not self.db
         candidates, global_candidates, rerank_ms = p.found, [], 0.0
-        if self.reranker is not None and p.db is self.db:
+        if self.reranker is not None and not replaced:
             t0 = time.perf_counter()
             head, tail = p.found[:self.rerank_cfg.top_k], p.found[self.rerank_cfg.top_k:]
             candidates = rerank(p.query_local, head, p.db.local, self.reranker) + tail
             rerank_ms = timings["rerank"] = (time.perf_counter() - t0) * 1e3
             global_candidates = p.found
         t_decide = time.perf_counter()
-        if p.db is not self.db:
-            decision = Decision(rejected="map_replaced")
-        else:
-            decision = self._judge(p, candidates)
-        if decision.rejected != "map_replaced" and p.contrast < self.cfg.min_image_contrast:  # NaN passes
+        decision = Decision(rejected="map_replaced") if replaced else self._judge(p, candidates)
+        if not replaced and p.contrast < self.cfg.min_image_contrast:  # NaN passes
             # a dark frame looks like every other dark frame: it closes no loop itself, but stays in the
             # sequence and the map (a tunnel's dark run at its place is a sequence's strongest signature)
             decision.rejected, decision.detail = "uninformative", f"contrast {p.contrast:.3f}"
@@ -364,10 +363,10 @@ class LoopClosureDetector:
         return LoopClosure(query, best, best.verification if best.verification is not None else Verification(),
                            sequence_score=seq, margin=d.margin)
 
-    def _frame_number(self, kf: Keyframe, period: Optional[float] = None) -> float:
+    @staticmethod
+    def _frame_number(kf: Keyframe, period: float) -> float:
         """A frame's place in time in camera frame periods (frames dropped under load leave gaps); its id
-        when the stream's stamps give no period (`period`: the one the frame was prepared with)."""
-        period = self.sequence.period() if period is None else period
+        when the stream's stamps give no period (`period`: the one the frame was prepared with, 0 = none)."""
         return kf.stamp_ns / period if period > 0 and kf.stamp_ns >= 0 else float(kf.id)
 
     @property

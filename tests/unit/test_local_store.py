@@ -330,16 +330,23 @@ def test_load_map_refuses_other_local_features_even_before_the_first_frame(tmp_p
     assert len(pr.db) == 1 and pr.db.local.dim == 112
 
 
+def _pooled_map(n: int, seed: int):
+    """A map of n keyframes whose local features (500 x 64-D each) cycle through 4 shared sets: many MB in
+    the file, few in memory. Returns the map and the 4 sets."""
+    rng = np.random.default_rng(seed)
+    pool = [LocalFeatures(rng.uniform(0, 100, (500, 2)).astype(np.float32),
+                          rng.normal(size=(500, 64)).astype(np.float16), (120, 160)) for _ in range(4)]
+    db = MapDatabase(DIM, "flat", "false")
+    for i in range(n):
+        db.add(rng.normal(size=DIM), Keyframe(i, i * 10**8), pool[i % 4])
+    return db, pool
+
+
 def test_loading_reads_local_features_once_without_copies(tmp_path):
     """The map file's local features are read once, straight into the buffer the arrays view: the load's peak
     Python/numpy allocation stays near the file's size (it was ~2.8x: zip read, npz read, a copy per array)."""
     import tracemalloc
-    rng = np.random.default_rng(8)
-    db = MapDatabase(DIM, "flat", "false")
-    pool = [LocalFeatures(rng.uniform(0, 100, (500, 2)).astype(np.float32),
-                          rng.normal(size=(500, 64)).astype(np.float16), (120, 160)) for _ in range(4)]
-    for i in range(400):  # ~26 MB of local features
-        db.add(rng.normal(size=DIM), Keyframe(i, i * 10**8), pool[i % 4])
+    db, pool = _pooled_map(400, seed=8)  # ~26 MB of local features
     path = db.save(tmp_path / "big.vprmap")
     size = path.stat().st_size
     tracemalloc.start()
@@ -354,12 +361,8 @@ def test_a_save_holds_the_map_only_while_it_is_frozen(tmp_path):
     """`freeze` (what PlaceRecognizer.save_map does under its lock) copies the index and lists references:
     no JSON, npz or checksum of the local features is made while frames wait; `encode` does that after."""
     import tracemalloc
-    rng = np.random.default_rng(9)
-    db = MapDatabase(DIM, "flat", "false")
-    pool = [LocalFeatures(rng.uniform(0, 100, (500, 2)).astype(np.float32),
-                          rng.normal(size=(500, 64)).astype(np.float16), (120, 160)) for _ in range(4)]
-    for i in range(300):  # ~20 MB of local features
-        db.add(rng.normal(size=DIM), Keyframe(i, i * 10**8), pool[i % 4])
+    db, pool = _pooled_map(300, seed=9)  # ~20 MB of local features
+    rng = np.random.default_rng(10)
     tracemalloc.start()
     frozen = db.freeze()
     held = tracemalloc.get_traced_memory()[1]

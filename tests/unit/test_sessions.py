@@ -4,10 +4,10 @@ another model's descriptors is refused, and two maps merge without reusing an id
 from __future__ import annotations
 
 import json
-import zipfile
 
 import numpy as np
 import pytest
+from map_mutations import pack, read_members
 
 from offline_eval.direct import extract_dataset, stream_stamps
 from vpr_core.cli import main as cli
@@ -158,19 +158,11 @@ def test_cli_map_merge_and_map_info(tmp_path, corridor, capsys):
 
 def _rewrite(src, dst, edit_header, edit_meta) -> None:
     """Copy a map file with its header and keyframes.json edited (checksums kept consistent)."""
-    import hashlib
-    with zipfile.ZipFile(src) as z:
-        members = {n: z.read(n) for n in z.namelist()}
-    meta = json.loads(members["keyframes.json"])
+    ms = read_members(src.read_bytes())
+    meta, header = json.loads(ms["keyframes.json"]), json.loads(ms["header.json"])
     edit_meta(meta)
-    members["keyframes.json"] = json.dumps(meta).encode()
-    header = json.loads(members["header.json"])
-    header["sha256_meta"] = hashlib.sha256(members["keyframes.json"]).hexdigest()
     edit_header(header)
-    members["header.json"] = json.dumps(header).encode()
-    with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as z:
-        for n in ("header.json", "keyframes.json", "index.faiss", "local.npz"):
-            z.writestr(n, members[n])
+    dst.write_bytes(pack({**ms, "keyframes.json": json.dumps(meta).encode(), "header.json": json.dumps(header).encode()}))
 
 
 def test_a_version_2_map_loads_as_session_0_without_a_recorded_model(tmp_path, corridor):
