@@ -71,6 +71,15 @@ class MapConfig:
     max_file_mb: int = 4096  # refuse to read or write a map file larger than this (memory bound on load)
     id_reserve: int = 100  # query ids reserved ahead in `<path>.ids` before use: a crash skips at most this many
     robot_id: str = ""  # names this robot's keyframes and closures in a map shared by several (multi-session, fleets)
+    # a fleet's shared map (README "A shared map for a fleet"): faiss = this robot's map only; milvus = also publish
+    # keyframes to one Milvus collection and find loops with the other robots' keyframes there (beside the FAISS map)
+    backend: str = "faiss"
+    milvus_uri: str = ""  # http://host:19530 (a Milvus server or cluster, or `milvus-lite server`), or a local
+    #                       folder ending in .db (milvus-lite inside this process: one process per folder)
+    milvus_collection: str = "vpr_keyframes"  # one per model: a collection of other descriptors is refused
+    milvus_index: str = "FLAT"  # Milvus index type of the shared descriptors (FLAT, IVF_FLAT, HNSW, ...)
+    fleet_top_k: int = 5  # other robots' keyframes searched per frame
+    fleet_publish_period_s: float = 1.0  # keyframes are written to the shared map in batches this often
 
 
 @dataclass

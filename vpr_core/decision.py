@@ -1,6 +1,7 @@
 """What the loop-closure detector says about one frame: its PlaceMatch (the map's best candidates), the
 LoopClosure when one is accepted, the Decision the gates reached (and, as reasons, REJECTIONS), where
-the frame's time went (STAGES), and a frame between the detector's two halves (PendingFrame)."""
+the frame's time went (STAGES), a frame between the detector's two halves (PendingFrame), and what the
+fleet's shared map gave it (FleetResult)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,7 +15,8 @@ from vpr_core.local_features import LocalFeatures, Verification
 from vpr_core.map_database import MapDatabase
 
 # Where a frame's time goes, in flow order ("decode" is the node's, "model" the pipeline's).
-STAGES = ("decode", "model", "preprocess", "forward", "search", "rerank", "decision", "pose")  # model = preprocess + forward
+STAGES = ("decode", "model", "preprocess", "forward", "search", "rerank", "decision", "pose",
+          "fleet")  # model = preprocess + forward; fleet: the shared map's search and fetch (map.backend milvus)
 
 # Why a frame did not become a loop closure, in the order the gates are applied.
 # "map_replaced": the frame was searched in a map that a load or reset replaced before it was decided.
@@ -32,6 +34,7 @@ class PlaceMatch:
     global_candidates: List[Candidate] = field(default_factory=list)  # search order before re-ranking (re-ranked only)
     rerank_ms: float = 0.0  # time spent re-ranking this frame's candidates
     timings_ms: Dict[str, float] = field(default_factory=dict)  # stage -> ms (STAGES), measured stages only
+    fleet_candidates: List[Candidate] = field(default_factory=list)  # other robots' keyframes (shared map), best first
 
     @property
     def best(self) -> Optional[Candidate]:
@@ -93,6 +96,17 @@ class PendingFrame:
     timings_ms: Dict[str, float] = field(default_factory=dict)
     is_keyframe: bool = False
     busy_ms: float = 0.0  # time spent preparing it (the pipeline's: model included)
+    descriptor: Optional[np.ndarray] = None  # its global descriptor (the fleet's shared map is searched with it)
+
+
+@dataclass
+class FleetResult:
+    """What the fleet's shared map gave one frame (vpr_core.fleet): other robots' candidates (best first), the
+    gates' verdict on the best, and the closure when one was accepted."""
+    candidates: List[Candidate] = field(default_factory=list)
+    decision: Decision = field(default_factory=Decision)
+    closure: Optional[LoopClosure] = None
+    ms: float = 0.0  # time the shared map took (search and local-feature fetch)
 
 
 @dataclass
@@ -100,3 +114,4 @@ class FrameResult:
     place_match: PlaceMatch
     loop_closure: Optional[LoopClosure] = None
     decision: Decision = field(default_factory=Decision)
+    fleet: Optional[FleetResult] = None  # with a shared map (map.backend milvus): loops with other robots

@@ -21,6 +21,7 @@ import numpy as np
 from vpr_core.config import DetectorConfig, RerankConfig
 from vpr_core.consistency import Consistency, PlaceLinks
 from vpr_core.decision import Decision, FrameResult, LoopClosure, PendingFrame, PlaceMatch, SequencePick
+from vpr_core.fleet import FleetMatcher
 from vpr_core.geometry import CameraModel, PoseConfig
 from vpr_core.geometry.loop import NOT_ATTEMPTED, loop_pose
 from vpr_core.keyframes import Candidate, Keyframe, KeyframePolicy, check_pose, pose_distance
@@ -35,7 +36,7 @@ class LoopClosureDetector:
     """Stateful per-stream decision logic over one MapDatabase; plain Python, no ROS."""
 
     def __init__(self, cfg: DetectorConfig, db: MapDatabase, rerank_cfg: Optional[RerankConfig] = None,
-                 pose_cfg: Optional[PoseConfig] = None) -> None:
+                 pose_cfg: Optional[PoseConfig] = None, fleet: Optional[FleetMatcher] = None) -> None:
         if not 0.0 <= cfg.loop_threshold <= 1.0:
             raise ValueError(f"detector.loop_threshold must be a cosine similarity in [0, 1], got {cfg.loop_threshold}")
         if cfg.top_k < 1 or cfg.temporal_consistency < 1:
@@ -64,6 +65,7 @@ class LoopClosureDetector:
         self._last_desc: Optional[np.ndarray] = None
         self._kf_odometer: Dict[int, np.ndarray] = {}  # keyframe id -> odometer when it was added
         self._excluded = 0  # newest keyframes excluded from this frame's matches
+        self.fleet = fleet  # the fleet's shared map: keyframes published to it, other robots' searched in it
 
     @property
     def threshold(self) -> float:
@@ -89,6 +91,8 @@ class LoopClosureDetector:
         self.sequence.reset()
         self.links = PlaceLinks()
         self._kf_odometer.clear()
+        if self.fleet is not None:
+            self.fleet.reset()
 
     @contextmanager
     def reranking_paused(self) -> Iterator[None]:
@@ -145,13 +149,16 @@ class LoopClosureDetector:
         period = self.sequence.period()
         pending = PendingFrame(query, self.db, found, positions, seq, why, query_local,
                                camera or self.cameras.get(frame_id), depth, contrast,
-                               self._frame_number(query, period), period, timings)
+                               self._frame_number(query, period), period, timings,
+                               descriptor=np.asarray(descriptor, np.float32).reshape(-1))
         timings["decision"] = (time.perf_counter() - t_seq) * 1e3  # sequence scoring; decide adds the gates
         pending.is_keyframe = self.mapping and self.keyframes.wants(descriptor, query.stamp_ns, pose)
         if pending.is_keyframe:
             self.db.add(descriptor, query, query_local)  # validated above; raises before any change
             self.keyframes.added(descriptor, query.stamp_ns, pose)
             self._kf_odometer[query.id] = self._odometer.copy()
+            if self.fleet is not None:
+                self.fleet.shared.publish(query, descriptor, query_local)  # queued, written in the background
         self._next_id += 1
         self.db.id_floor = self._next_id  # saved with the map, so a restarted node never reuses an id
         return pending
@@ -165,7 +172,7 @@ class LoopClosureDetector:
         if self.reranker is not None and not replaced:
             t0 = time.perf_counter()
             head, tail = p.found[:self.rerank_cfg.top_k], p.found[self.rerank_cfg.top_k:]
-            candidates = rerank(p.query_local, head, p.db.local, self.reranker) + tail
+            candidates = rerank(p.query_local, head, [p.db.local.get(c.id) for c in head], self.reranker) + tail
             rerank_ms = timings["rerank"] = (time.perf_counter() - t0) * 1e3
             global_candidates = p.found
         t_decide = time.perf_counter()
@@ -181,9 +188,15 @@ class LoopClosureDetector:
         closure = self._accept(p, decision)
         if p.is_keyframe and closure is not None:
             self.links.link(p.query.id, closure.match.id)  # the new keyframe shows the matched place
+        fleet = None
+        if self.fleet is not None and not replaced:
+            fleet = self.fleet.decide(p, self.reranker,
+                                      lambda d, q, stored, pf: self._check_geometry(d, q, stored, pf.camera, pf.depth))
+            timings["fleet"] = fleet.ms
         return FrameResult(PlaceMatch(p.query, p.is_keyframe, candidates[:self.cfg.top_k],
-                                      global_candidates=global_candidates, rerank_ms=rerank_ms, timings_ms=timings),
-                           closure, decision)
+                                      global_candidates=global_candidates, rerank_ms=rerank_ms, timings_ms=timings,
+                                      fleet_candidates=fleet.candidates if fleet is not None else []),
+                           closure, decision, fleet)
 
     def relocalise(self, descriptor: np.ndarray, k: int, local: Optional[LocalFeatures] = None,
                    camera: Optional[CameraModel] = None, depth: Optional[np.ndarray] = None) -> List[Candidate]:
@@ -196,11 +209,11 @@ class LoopClosureDetector:
         found = self.db.search(descriptor, max(k, self.rerank_cfg.top_k if self.reranker else k))
         if self.reranker is not None and query_local is not None:
             head, tail = found[:self.rerank_cfg.top_k], found[self.rerank_cfg.top_k:]
-            found = rerank(query_local, head, self.db.local, self.reranker) + tail
+            found = rerank(query_local, head, [self.db.local.get(c.id) for c in head], self.reranker) + tail
         found = found[:k]
         if found and camera is not None and query_local is not None:
             d = Decision(found[0])
-            self._check_geometry(d, query_local, camera, depth)
+            self._check_geometry(d, query_local, self.db.local.get(found[0].id), camera, depth)
         return found
 
     # ---- the gates ---------------------------------------------------------------------------
@@ -263,16 +276,15 @@ class LoopClosureDetector:
         elif self.cfg.min_margin > 0 and not d.margin >= self.cfg.min_margin:  # NaN: no other place to compare
             d.rejected = "ambiguous"
         elif p.camera is not None and p.query_local is not None:
-            self._check_geometry(d, p.query_local, p.camera, p.depth)
+            self._check_geometry(d, p.query_local, p.db.local.get(cand.id), p.camera, p.depth)
         return d
 
-    def _check_geometry(self, d: Decision, query_local: LocalFeatures, camera: CameraModel,
-                        depth: Optional[np.ndarray]) -> None:
+    def _check_geometry(self, d: Decision, query_local: LocalFeatures, stored: Optional[LocalFeatures],
+                        camera: CameraModel, depth: Optional[np.ndarray]) -> None:
         """Relative pose of the judged candidate (into its Verification); degenerate geometry rejects.
         A pose that could not be attempted (keypoints too coarse without depth) leaves the closure
         to the other gates and unposed."""
         cand = d.candidate
-        stored = self.db.local.get(cand.id)
         if stored is None:
             d.rejected, d.detail = "degenerate_geometry", "no_local_features"
             return

@@ -19,6 +19,7 @@ import numpy as np
 from vpr_core.config import Config, ConfigError
 from vpr_core.decision import FrameResult, PendingFrame
 from vpr_core.detector import LoopClosureDetector
+from vpr_core.fleet import FleetMatcher
 from vpr_core.geometry import CameraModel
 from vpr_core.id_floor import IdFloor
 from vpr_core.images import ImageError, ImageTooLarge, OpenCVError
@@ -29,6 +30,7 @@ from vpr_core.map_file import write_map_file
 from vpr_core.models import DescriptorExtractor
 from vpr_core.models.identity import same_descriptors
 from vpr_core.runtime import apply_threads
+from vpr_core.shared_map import ROBOT_ID, SharedMap, build_shared_map
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class PipelineStats:
     keyframes: int = 0
     place_matches: int = 0
     loop_closures: int = 0
+    fleet_closures: int = 0  # loop closures with other robots' keyframes (map.backend milvus)
     dropped: Counter = field(default_factory=Counter)  # reason (DROP_REASONS, queue_full, error) -> frames
     lost_estimate: int = 0  # frames estimated lost before they arrived (gaps in header stamps)
     rejections: Counter = field(default_factory=Counter)  # reason (detector.REJECTIONS) -> frames not closed
@@ -91,6 +94,7 @@ class PipelineStats:
     def summary(self) -> dict:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         return {"frames": self.frames, "keyframes": self.keyframes, "loop_closures": self.loop_closures,
+                "fleet_closures": self.fleet_closures,
                 "dropped": dict(self.dropped), "lost_estimate": self.lost_estimate, "rejections": dict(self.rejections),
                 "latency_ms_median": float(np.median(lat)),
                 "latency_ms_p95": float(np.percentile(lat, 95)),
@@ -116,14 +120,16 @@ class PlaceRecognizer:
                               f"head to re-rank with: set model.local_head (e.g. {{name: feature_map, stride: 16}} "
                               f"for CNN backbones) or set rerank.method: none")
         self.db = db if db is not None else self._new_map()
-        self.detector = LoopClosureDetector(cfg.detector, self.db, cfg.rerank, cfg.pose)
-        self.detector.robot = cfg.map.robot_id
-        self.camera = configured_camera(cfg)  # camera.K, for frames that come without CameraInfo
-        self.stats = PipelineStats()
         # local descriptor size the model produces: known from its local head before the first frame
         # (a map loaded at start must be checked too), else once seen
         head = getattr(getattr(self.extractor, "model", None), "local_head", None)
         self._local_dim = int(getattr(head, "out_dim", 0) or 0)
+        self.shared = self._shared_map()  # the fleet's map (map.backend milvus), None for faiss
+        fleet = FleetMatcher(self.shared, cfg.detector, cfg.map.fleet_top_k) if self.shared is not None else None
+        self.detector = LoopClosureDetector(cfg.detector, self.db, cfg.rerank, cfg.pose, fleet)
+        self.detector.robot = cfg.map.robot_id
+        self.camera = configured_camera(cfg)  # camera.K, for frames that come without CameraInfo
+        self.stats = PipelineStats()
         self._lock = threading.Lock()
         self._save_lock = threading.Lock()  # one save at a time (service, periodic, shutdown)
         self._ids: Optional[IdFloor] = None
@@ -181,6 +187,8 @@ class PlaceRecognizer:
         s.place_matches += 1
         s.keyframes += int(result.place_match.is_keyframe)
         s.loop_closures += int(result.loop_closure is not None)
+        if result.fleet is not None:
+            s.fleet_closures += int(result.fleet.closure is not None)
         if result.decision.rejected:
             s.rejections[result.decision.rejected] += 1
         for stage, ms in result.place_match.timings_ms.items():
@@ -230,6 +238,27 @@ class PlaceRecognizer:
         with self._lock:
             self.db = self._new_map()
             self.detector.reset_map(self.db)
+
+    def _shared_map(self) -> Optional[SharedMap]:
+        """The fleet's shared map `map.backend` names, connected and checked (ConfigError / SharedMapError)."""
+        m = self.cfg.map
+        if m.backend == "faiss":
+            return None
+        if not m.milvus_uri:
+            raise ConfigError(f"map.backend is {m.backend}: set map.milvus_uri (http://host:19530, or a local "
+                              f"folder ending in .db for milvus-lite)")
+        if not ROBOT_ID.match(m.robot_id):
+            raise ConfigError(f"map.backend is {m.backend}: map.robot_id must name this robot in the fleet (a letter, "
+                              f"then letters, digits or _; at most 64), got {m.robot_id!r}")
+        return build_shared_map(m.backend, robot=m.robot_id, uri=m.milvus_uri, collection=m.milvus_collection,
+                                dim=self.extractor.dim, model=getattr(self.extractor, "fingerprint", ""),
+                                local_dim=self._local_dim, max_local_features=self.cfg.model.max_local_features,
+                                index=m.milvus_index, publish_period_s=m.fleet_publish_period_s)
+
+    def close(self) -> None:
+        """Write the keyframes still queued for the shared map and disconnect from it (a no-op without one)."""
+        if self.shared is not None:
+            self.shared.close()
 
     def _new_map(self) -> MapDatabase:
         """An empty map that records which model's descriptors it will hold."""

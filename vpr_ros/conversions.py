@@ -69,16 +69,18 @@ def rgb_to_image(rgb: np.ndarray, stamp_ns: int, frame_id: str, encoding: str = 
 
 
 def place_match_msg(pm: CorePlaceMatch) -> PlaceMatch:
+    """This robot's map candidates, then (with a fleet's shared map) the other robots', told apart by robot."""
     q = pm.query
+    cands = pm.candidates + pm.fleet_candidates
     return PlaceMatch(
         header=Header(stamp=to_time(q.stamp_ns), frame_id=q.frame_id), query_id=q.id,
         query_stamp=to_time(q.stamp_ns), is_keyframe=pm.is_keyframe,
-        candidate_ids=[c.id for c in pm.candidates],
-        candidate_stamps=[to_time(c.keyframe.stamp_ns) for c in pm.candidates],
-        candidate_frame_ids=[c.keyframe.frame_id for c in pm.candidates],
-        scores=[float(c.score) for c in pm.candidates], latency_ms=float(pm.latency_ms),
-        session=q.session, robot=q.robot, candidate_sessions=[c.keyframe.session for c in pm.candidates],
-        candidate_robots=[c.keyframe.robot for c in pm.candidates])
+        candidate_ids=[c.id for c in cands],
+        candidate_stamps=[to_time(c.keyframe.stamp_ns) for c in cands],
+        candidate_frame_ids=[c.keyframe.frame_id for c in cands],
+        scores=[float(c.score) for c in cands], latency_ms=float(pm.latency_ms),
+        session=q.session, robot=q.robot, candidate_sessions=[c.keyframe.session for c in cands],
+        candidate_robots=[c.keyframe.robot for c in cands])
 
 
 @dataclass

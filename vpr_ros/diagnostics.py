@@ -15,6 +15,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from vpr_core.decision import REJECTIONS
+from vpr_core.shared_map import SharedStats
 
 STATUS_NAME = "vpr_ros: loop closure"
 # Drop reasons always reported (0 included); any other reason the pipeline counts is added as it appears
@@ -43,6 +44,7 @@ class Snapshot:
     mode: str
     missing: Mapping[str, int] = field(default_factory=dict)  # side input -> frames without it
     inputs: Mapping[str, str] = field(default_factory=dict)  # extra key/values (topics in use)
+    fleet: Optional[SharedStats] = None  # the fleet's shared map (map.backend milvus), None without one
 
 
 class DiagnosticsReporter:
@@ -52,6 +54,7 @@ class DiagnosticsReporter:
         self.hardware_id = hardware_id
         self.latency_budget_ms = float(latency_budget_ms)
         self._last: Optional[Tuple[float, int, int, int]] = None  # (time, received, frames, dropped total)
+        self._fleet_failures = 0  # shared-map write and search failures at the previous report
 
     def status(self, snap: Snapshot, now_s: Optional[float] = None) -> DiagnosticStatus:
         now_s = time.monotonic() if now_s is None else now_s
@@ -77,6 +80,12 @@ class DiagnosticsReporter:
         problems: List[str] = []
         if new_drops > 0:
             problems.append(f"{new_drops} frame(s) dropped in the last {dt:.1f} s")
+        if snap.fleet is not None:
+            failures = snap.fleet.write_failures + snap.fleet.search_failures
+            if failures > self._fleet_failures:
+                problems.append(f"shared map: {failures - self._fleet_failures} failed write(s)/search(es) in the "
+                                f"last {dt:.1f} s ({snap.fleet.pending} keyframes waiting)")
+            self._fleet_failures = failures
         if self.latency_budget_ms > 0 and recent and p95 > self.latency_budget_ms:
             problems.append(f"latency p95 {p95:.0f} ms over the {self.latency_budget_ms:.0f} ms budget")
         level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
@@ -99,6 +108,12 @@ class DiagnosticsReporter:
         values += [(f"rejected.{r}", int(rejections.get(r, 0))) for r in REJECTIONS]
         values += [(f"stage_ms.{k}.median", f"{v:.1f}") for k, v in s.get("stage_ms_median", {}).items()]
         values += [(f"stage_ms.{k}.p95", f"{v:.1f}") for k, v in s.get("stage_ms_p95", {}).items()]
+        if snap.fleet is not None:
+            f = snap.fleet
+            values += [("fleet.closures", s.get("fleet_closures", 0)), ("fleet.published", f.published),
+                       ("fleet.pending", f.pending), ("fleet.dropped", f.dropped),
+                       ("fleet.write_failures", f.write_failures), ("fleet.searches", f.searches),
+                       ("fleet.search_failures", f.search_failures), ("fleet.bad_rows", f.bad_rows)]
         values += [(f"frames_without.{k}", n) for k, n in sorted(snap.missing.items())]
         values += sorted(snap.inputs.items())
         return DiagnosticStatus(level=level, name=STATUS_NAME, message=message, hardware_id=self.hardware_id,

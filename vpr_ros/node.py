@@ -195,6 +195,11 @@ class LoopClosureNode(Node):
         no_pose = no_pose_reason(self.recognizer, side.camera)
         if self.debug is not None:
             self.debug.frame(rgb, result, no_pose)
+        if result.fleet is not None and result.fleet.closure is not None:  # a loop with another robot's keyframe
+            fc = result.fleet.closure
+            self.pub_closure.publish(loop_closure_msg(fc, no_pose))
+            self.get_logger().info(f"fleet loop closure: frame {fc.query.id} <-> robot {fc.match.keyframe.robot}'s "
+                                   f"keyframe {fc.match.id} (session {fc.match.keyframe.session}, score {fc.score:.3f})")
         if result.loop_closure is not None:
             lc = result.loop_closure
             self.pub_closure.publish(loop_closure_msg(lc, no_pose))
@@ -233,7 +238,8 @@ class LoopClosureNode(Node):
             rec = self.recognizer
             snap = Snapshot(retry(rec.stats.summary), retry(lambda: list(rec.stats.delivery_ms or rec.stats.latencies_ms)),
                             self._received,
-                            len(rec.db), rec.mode, retry(lambda: dict(self.sensors.missing)), self._inputs)
+                            len(rec.db), rec.mode, retry(lambda: dict(self.sensors.missing)), self._inputs,
+                            fleet=rec.shared.stats if rec.shared is not None else None)
             self.pub_diagnostics.publish(self.diagnostics.array(snap, self.get_clock().now().to_msg()))
         except Exception as exc:  # a report must never take the node down
             self.get_logger().error(f"diagnostics failed: {type(exc).__name__}: {exc}", throttle_duration_sec=30.0)
@@ -274,6 +280,7 @@ class LoopClosureNode(Node):
         self._worker.join(timeout=30.0)
         self._decider.join(timeout=30.0)  # the model worker's last act is to end the decision queue
         self._stop.set()
+        self.recognizer.close()  # keyframes still queued for a fleet's shared map are written
         self.maps.shutdown()  # autosave (never over a foreign or unreadable file), exact next id recorded
         s = self.recognizer.stats.summary()
         self.get_logger().info(f"processed {s['frames']} frames, {s['keyframes']} keyframes, "

@@ -38,6 +38,11 @@ def _sharing(query_desc, shared, seed):
     return _lf(own[np.random.default_rng(seed).permutation(len(own))])
 
 
+def stored(store, cands):
+    """The store's features of each candidate, in order (what `rerank` takes)."""
+    return [store.get(c.id) for c in cands]
+
+
 def _cand(kid, score):
     return Candidate(Keyframe(kid, 0), score)
 
@@ -110,13 +115,13 @@ def test_more_shared_descriptors_outrank_a_higher_global_score(query_desc):
     store.add(0, _sharing(query_desc, 5, seed=2))
     store.add(1, _sharing(query_desc, 30, seed=3))
     cands = [_cand(0, 0.95), _cand(1, 0.80)]
-    out = rerank(_lf(query_desc), cands, store, MNNReranker(min_inliers=10, match_threshold=0.9))
+    out = rerank(_lf(query_desc), cands, stored(store, cands), MNNReranker(min_inliers=10, match_threshold=0.9))
     assert [c.id for c in out] == [1, 0]
     assert [c.score for c in out] == [0.80, 0.95]  # the global scores travel with their candidates
     assert [(c.verification.num_matches, c.verification.verified) for c in out] == [(30, True), (5, False)]
     assert all(c.verification is None for c in cands)  # the inputs are not modified
     # without a similarity floor random features add a few mutual matches, but the order holds
-    assert [c.id for c in rerank(_lf(query_desc), cands, store, MNNReranker())] == [1, 0]
+    assert [c.id for c in rerank(_lf(query_desc), cands, stored(store, cands), MNNReranker())] == [1, 0]
 
 
 def test_equal_local_scores_keep_the_global_order(query_desc):
@@ -126,7 +131,8 @@ def test_equal_local_scores_keep_the_global_order(query_desc):
     cands = [_cand(3, 0.95), _cand(4, 0.90), _cand(5, 0.90)]
     rr = MNNReranker(match_threshold=0.9)
     for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
-        got = rerank(_lf(query_desc), [cands[i] for i in order], store, rr)
+        ordered = [cands[i] for i in order]
+        got = rerank(_lf(query_desc), ordered, stored(store, ordered), rr)
         assert [c.verification.num_matches for c in got] == [10, 10, 10]
         expected = [3, 4, 5] if order.index(1) < order.index(2) else [3, 5, 4]  # equal scores: search order
         assert [c.id for c in got] == expected
@@ -136,7 +142,7 @@ def test_a_candidate_without_stored_features_sinks_and_is_unverified(query_desc)
     store = LocalFeatureStore()
     store.add(1, _lf(_unit(40, LDIM, seed=9)))  # stored, but nothing in common with the query
     cands = [_cand(7, 0.99), _cand(1, 0.5)]
-    out = rerank(_lf(query_desc), cands, store, MNNReranker(min_inliers=0, match_threshold=0.9))
+    out = rerank(_lf(query_desc), cands, stored(store, cands), MNNReranker(min_inliers=0, match_threshold=0.9))
     assert [c.id for c in out] == [1, 7]
     assert out[0].verification.num_matches == 0
     v = out[1].verification
@@ -216,7 +222,8 @@ def test_degensac_scores_geometry_not_just_descriptors():
     store.add(0, scrambled)
     store.add(1, good)
     rr = DegensacReranker(min_inliers=20, px_threshold=2.0)
-    out = rerank(query, [_cand(0, 0.9), _cand(1, 0.8)], store, rr)
+    cands = [_cand(0, 0.9), _cand(1, 0.8)]
+    out = rerank(query, cands, stored(store, cands), rr)
     assert [c.id for c in out] == [1, 0]
     assert out[0].verification.num_inliers >= 58 and out[1].verification.num_inliers < 20
     assert out[0].verification.verified and not out[1].verification.verified

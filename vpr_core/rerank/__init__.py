@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from vpr_core.local_features import LocalFeatures
 from vpr_core.rerank.base import RERANKERS, Reranker, Verification
 
 if TYPE_CHECKING:
     from vpr_core.config import RerankConfig
-    from vpr_core.map_database import Candidate, LocalFeatureStore
+    from vpr_core.keyframes import Candidate
 
 from vpr_core.rerank import degensac, mnn  # noqa: E402,F401  (register the re-rankers)
 
@@ -42,14 +42,16 @@ def build_reranker(cfg: "RerankConfig") -> Optional[Reranker]:
     return builder(**options)
 
 
-def rerank(query_local: LocalFeatures, candidates: List["Candidate"], store: "LocalFeatureStore",
+def rerank(query_local: LocalFeatures, candidates: List["Candidate"], stored: Sequence[Optional[LocalFeatures]],
            reranker: Reranker) -> List["Candidate"]:
-    """`candidates` (global order) re-ordered by local score; each returned copy carries its
-    Verification. See the module docstring for the ordering rule."""
+    """`candidates` (global order) re-ordered by local score against `stored`, each candidate's local features
+    (same order; None = not stored); each returned copy carries its Verification. See the module docstring
+    for the ordering rule."""
+    if len(stored) != len(candidates):
+        raise ValueError(f"{len(candidates)} candidates but {len(stored)} entries of stored local features")
     out = []
-    for rank, cand in enumerate(candidates):
-        stored = store.get(cand.id)
-        v = reranker.verify(query_local, stored) if stored is not None else reranker.unverifiable()
+    for rank, (cand, theirs) in enumerate(zip(candidates, stored)):
+        v = reranker.verify(query_local, theirs) if theirs is not None else reranker.unverifiable()
         out.append((v.local_score, cand.score, -rank, dataclasses.replace(cand, verification=v)))
     out.sort(key=lambda t: t[:3], reverse=True)
     return [t[3] for t in out]
