@@ -182,6 +182,21 @@ class MilvusMap(SharedMap):
             output_fields=["robot", "kid"] + [f"local_{i}" for i in range(self.chunks)], timeout=self.timeout_s))
         return {(r["robot"], int(r["kid"])): "".join(r[f"local_{i}"] for i in range(self.chunks)) for r in rows}
 
+    def _route(self, robot: str, session: int, lo_ns: int, hi_ns: int) -> List[Tuple[Keyframe, np.ndarray]]:
+        rows = self._loaded(lambda: self._client.query(
+            self.collection, filter=f'robot == "{robot}" and session == {session} and stamp_ns >= {lo_ns} and '
+                                    f'stamp_ns <= {hi_ns}', partition_names=[_partition(robot)],
+            output_fields=META_FIELDS + ["vector"], timeout=self.timeout_s))
+        out = []
+        for row in rows:
+            kf = self._keyframe(row)
+            vec = np.asarray(row.get("vector", ()), np.float32)
+            if kf is not None and vec.shape == (self.dim,) and np.isfinite(vec).all():
+                out.append((kf, vec))
+            elif kf is not None:
+                self.stats.bad_rows += 1
+        return out
+
     def _loaded(self, read: Callable[[], Any]) -> Any:
         """`read()`, loading the collection first when the store says it is not loaded (a restarted server)."""
         try:

@@ -65,6 +65,11 @@ class SequenceMatcher:
         self._retrieved.clear()
         self._stamps.clear()
 
+    def forget_map(self) -> None:
+        """Drop the cached keyframe stamps: the next score reads the map's anew (a map that changed other than
+        by growing at its end, e.g. a stretch of another robot's route)."""
+        self._map_stamps, self._map_first, self._map_increasing = np.zeros(0, np.int64), -1, True
+
     def push(self, descriptor: np.ndarray, positions: Sequence[int] = (), stamp_ns: int = -1) -> None:
         """Append the current frame's descriptor (unit-normalised here), step 0 of every sequence, the
         map positions its search retrieved, and its stamp (dropped frames then keep their place in time)."""

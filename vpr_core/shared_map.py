@@ -129,6 +129,10 @@ class SharedMap(ABC):
     def _fetch_local(self, keyframes: Sequence[Keyframe]) -> Dict[Tuple[str, int], str]:
         """(robot, id) -> packed local features, for those of `keyframes` that have them."""
 
+    @abstractmethod
+    def _route(self, robot: str, session: int, lo_ns: int, hi_ns: int) -> List[Tuple[Keyframe, np.ndarray]]:
+        """Robot `robot`'s keyframes of `session` stamped within [lo_ns, hi_ns], with their descriptors."""
+
     def _shutdown(self) -> None:
         """Release the store's connection."""
 
@@ -198,6 +202,19 @@ class SharedMap(ABC):
             self._cache.popitem(last=False)
         _recent(self.stats.fetch_ms, (time.perf_counter() - t0) * 1e3)
         return out
+
+    def route(self, robot: str, session: int, lo_ns: int, hi_ns: int) -> Optional[List[Tuple[Keyframe, np.ndarray]]]:
+        """A stretch of another robot's route (keyframes and descriptors, any order): what sequence matching
+        needs around a candidate. None when the store fails (counted, logged)."""
+        if not ROBOT_ID.match(robot):
+            self.stats.bad_rows += 1
+            return None
+        try:
+            return self._route(robot, int(session), int(lo_ns), int(hi_ns))
+        except Exception as exc:
+            self.stats.search_failures += 1
+            log.warning("shared map route fetch failed: %s: %s", type(exc).__name__, exc)
+            return None
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until every queued keyframe is written (True) or `timeout_s` passed (False)."""

@@ -50,7 +50,7 @@ def test_both_nodes_exit_cleanly(fleet):
 
 def test_robot_b_closes_loops_with_robot_a_all_at_true_places(fleet):
     found = [c for c in fleet["closures"] if c.match_robot == "A"]
-    assert len(found) >= 6, f"{len(fleet['closures'])} closures:\n{fleet['b_log'][-3000:]}"
+    assert len(found) >= 20, f"{len(fleet['closures'])} closures:\n{fleet['b_log'][-3000:]}"  # offline: 42
     for c in found:
         assert (c.query_robot, c.query_frame_id, c.match_frame_id) == ("B", "camera_b", "camera_a")
         q, m = fleet["b_frames"][c.query_id], fleet["a_ids"][c.match_id]

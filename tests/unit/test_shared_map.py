@@ -3,6 +3,8 @@ never their own; another model's or size's collection is refused; a store that g
 retried writes and empty searches, and loses nothing; damaged rows are skipped and counted."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -171,6 +173,9 @@ def test_a_store_that_goes_down_loses_nothing_and_counts_every_failure(tmp_path)
     for i in range(1, 10):
         a.publish(Keyframe(i, i, robot="A"), d[i], _local(i))
     assert not a.flush(3.0)
+    deadline = time.monotonic() + 60  # a write to a dead server fails after pymilvus's own retries
+    while a.stats.write_failures < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert a.stats.write_failures >= 1 and a.stats.pending == 9 and a.stats.published == 1
     b._others = (float("inf"), ["robot_A"])  # as listed before the outage: the search itself must fail
     assert b.search(d[0], 1) == [] and b.stats.search_failures == 1
