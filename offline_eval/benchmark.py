@@ -14,10 +14,12 @@ from typing import List, Optional
 import yaml
 
 from offline_eval.baselines import run_raw_pixels
-from offline_eval.direct import PathResult, run_direct
+from offline_eval.direct import PathResult, extract_dataset, run_direct
+from offline_eval.feature_cache import default_cache
 from offline_eval.report import agreement, plot_recall, recall_table, save_json
 from vpr_core.config import ConfigError, load_config
 from vpr_core.datasets import DatasetError, load_dataset
+from vpr_core.models import DescriptorExtractor
 
 REPO = Path(__file__).resolve().parent.parent
 PATHS = ("direct", "replay", "raw")
@@ -101,7 +103,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
     baseline = run_raw_pixels(ds) if "raw" in paths else None
     if "direct" in paths:
-        results.append(run_direct(cfg, ds))
+        extractor = DescriptorExtractor(cfg.model)
+        results.append(run_direct(cfg, ds, extractor=extractor))
+        if ds.revisited is not None:  # mAP needs every database image ranked: from the descriptors, exactly
+            from offline_eval.landmarks import landmark_scores, query_descriptors
+            db = extract_dataset(extractor, ds, cache=default_cache()).database.global_desc
+            results[-1].landmarks = landmark_scores(query_descriptors(extractor, ds), db, ds.revisited)
     if "replay" in paths:
         from offline_eval.replay import run_replay  # needs rclpy and vpr_msgs
         results.append(run_replay(cfg, ds, Path(tempfile.mkdtemp(dir=out, prefix="replay-"))))
@@ -110,6 +117,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if baseline is not None:
         results.append(baseline)
     print(recall_table(results, baseline, title=f"{ds.name} ({cfg.model.name})"))
+    marked = {r.path: r.landmarks for r in results if r.landmarks}
+    if marked:
+        from offline_eval.landmarks import landmark_table
+        print(landmark_table(marked, f"{ds.name}: mAP / mP@10 (%), revisitop protocol: queries cropped to their box "
+                                     f"(descriptor files: as computed), full ranking, junk left out"))
     direct = next((r for r in results if r.path == "direct"), None)
     replayed = next((r for r in results if r.path == "bag replay"), None)
     if direct and replayed:

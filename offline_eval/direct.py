@@ -15,7 +15,7 @@ from vpr_core.config import Config
 from vpr_core.datasets import PlaceDataset
 from vpr_core.decision import FrameResult
 from vpr_core.images import iter_image_batches, load_image
-from vpr_core.metrics import PRSummary, pr_curve, recall_at_k, retrieval_pr
+from vpr_core.metrics import MeanAP, PRSummary, pr_curve, recall_at_k, retrieval_pr
 from vpr_core.models import DescriptorExtractor
 from vpr_core.models.vpr_model import Extracted
 from vpr_core.pipeline import PlaceRecognizer
@@ -37,6 +37,7 @@ class PathResult:
     #                                                                 empty when re-ranking is off
     rerank_ms: float = 0.0  # mean re-ranking time per query (0 when re-ranking is off)
     pr: Optional[PRSummary] = None  # accepting the top-1 by its score (metrics.retrieval_pr): AUC, R@100%P, R@99%P
+    landmarks: Optional[Dict[str, MeanAP]] = None  # revisited Oxford/Paris: protocol -> mAP (offline_eval.landmarks)
 
     @classmethod
     def scored(cls, path: str, ranked: np.ndarray, scores: np.ndarray, positives: Sequence[np.ndarray],

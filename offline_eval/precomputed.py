@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from offline_eval.direct import PathResult
+from offline_eval.landmarks import landmark_scores
 from vpr_core.datasets import PlaceDataset
 from vpr_core.metrics import rank_database
 
@@ -40,4 +41,7 @@ def run_descriptors(ds: PlaceDataset, queries: Path, database: Path, top_k: int 
     if q.shape[1] != db.shape[1]:
         raise ValueError(f"query descriptors are {q.shape[1]}-D, database descriptors {db.shape[1]}-D")
     scores, ranked = rank_database(q, db, top_k)
-    return PathResult.scored(f"descriptors {Path(queries).stem}", ranked, scores, ds.positives, time.perf_counter() - t0)
+    out = PathResult.scored(f"descriptors {Path(queries).stem}", ranked, scores, ds.positives, time.perf_counter() - t0)
+    if ds.revisited is not None:  # revisited Oxford/Paris: mAP over the full ranking (queries as given: cropped or not)
+        out.landmarks = landmark_scores(q, db, ds.revisited)
+    return out

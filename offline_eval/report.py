@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from offline_eval.direct import PathResult
+from offline_eval.landmarks import as_json
 from vpr_core.metrics import recall_at_k
 
 
@@ -41,6 +42,7 @@ def save_json(results: Sequence[PathResult], path: Path, **meta) -> Path:
     path.write_text(json.dumps({**meta, "results": [
         {"path": r.path, "recall": r.recall, "seconds": r.seconds, "missing": r.missing,
          "pr": asdict(r.pr) if r.pr is not None else None,
+         **({"landmarks": as_json(r.landmarks)} if r.landmarks else {}),
          **({"recall_global": r.recall_global, "rerank_ms": r.rerank_ms} if r.recall_global else {})}
         for r in results]}, indent=2))
     return path

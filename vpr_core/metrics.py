@@ -1,5 +1,6 @@
 """Retrieval metrics: Recall@K over ranked database indices, the precision-recall curve of accepting the
-top-1 match by its score, and precision/recall of loop closures."""
+top-1 match by its score, mean average precision with junk left out (revisited Oxford/Paris), ROC of pair
+lists, and precision/recall of loop closures."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -130,3 +131,50 @@ def pair_scores(similarity: Sequence[float], labels: Sequence[int]) -> PairScore
     threshold = float("inf") if best == 0 else float(s[desc][last[best - 1]])
     return PairScores(auc, float(correct[best] / len(s)), threshold, len(s))
 
+
+
+@dataclass
+class MeanAP:
+    """Mean average precision over queries that have positives, and mean precision at k (revisitop's mP@k)."""
+    map: float
+    precision_at: Dict[int, float]
+    ap: np.ndarray  # per query (NaN: no positive, left out of the means)
+
+
+def average_precision(ranks: np.ndarray, n_positives: int) -> float:
+    """AP of one ranking given the 0-based ranks of its positives (junk already removed), the trapezoid between
+    the precision just before and at each positive: revisitop's rule, so its published numbers compare."""
+    r = np.sort(np.asarray(ranks, np.float64))
+    if not n_positives:
+        return float("nan")
+    j = np.arange(len(r), dtype=np.float64)
+    before = np.where(r > 0, j / np.maximum(r, 1), 1.0)
+    at = (j + 1) / (r + 1)
+    return float(np.sum((before + at) / 2) / n_positives)
+
+
+def mean_average_precision(ranked: np.ndarray, positives: Sequence[np.ndarray], junk: Sequence[np.ndarray],
+                           ks: Sequence[int] = (1, 5, 10)) -> MeanAP:
+    """`ranked` (Q, N): each query's full ranking of the database (every index once, best first). Junk images
+    are taken out of the ranking before positives are counted; positives missing from it count as never found."""
+    ranked = np.asarray(ranked)
+    if ranked.ndim != 2 or ranked.shape[0] != len(positives) or len(junk) != len(positives):
+        raise ValueError(f"ranked must be (num_queries, N) with positives and junk per query; got {ranked.shape}, "
+                         f"{len(positives)} and {len(junk)}")
+    aps = np.full(len(positives), np.nan)
+    prec = np.full((len(positives), len(ks)), np.nan)
+    for i, (row, pos, jk) in enumerate(zip(ranked, positives, junk)):
+        if not len(pos):
+            continue
+        kept = row[~np.isin(row, jk)]
+        ranks = np.flatnonzero(np.isin(kept, pos))
+        aps[i] = average_precision(ranks, len(pos))
+        if len(ranks):  # revisitop's mP@k: precision within min(k, the last positive's rank)
+            last = ranks.max() + 1
+            prec[i] = [np.sum(ranks < min(last, k)) / min(last, k) for k in ks]
+        else:
+            prec[i] = 0.0
+    valid = ~np.isnan(aps)
+    if not valid.any():
+        return MeanAP(float("nan"), {k: float("nan") for k in ks}, aps)
+    return MeanAP(float(aps[valid].mean()), {k: float(prec[valid, j].mean()) for j, k in enumerate(ks)}, aps)

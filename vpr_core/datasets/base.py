@@ -14,6 +14,7 @@ from vpr_core.registry import Registry
 
 if TYPE_CHECKING:
     from vpr_core.datasets.place_images import PlaceImages
+    from vpr_core.datasets.revisited import RevisitedTruth
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff"}
 POSITION_UNITS = ("frame", "m")  # route frame index (counted in database images) | UTM metres
@@ -31,6 +32,7 @@ class PlaceDataset:
     db_positions: Optional[np.ndarray] = field(default=None, repr=False)
     query_positions: Optional[np.ndarray] = field(default=None, repr=False)
     position_unit: Optional[str] = None
+    revisited: Optional["RevisitedTruth"] = field(default=None, repr=False)  # easy/hard/junk (Oxford/Paris): mAP
 
     def __post_init__(self) -> None:
         if len(self.positives) != len(self.queries):
@@ -71,7 +73,8 @@ class PlaceDataset:
         idx = list(range(0, len(self.queries), max(1, stride)))[:max_queries]
         qpos = None if self.query_positions is None else self.query_positions[idx]
         return PlaceDataset(self.name, self.root, self.database, [self.queries[i] for i in idx],
-                            [self.positives[i] for i in idx], self.db_positions, qpos, self.position_unit)
+                            [self.positives[i] for i in idx], self.db_positions, qpos, self.position_unit,
+                            self.revisited.subset(idx) if self.revisited is not None else None)
 
     def head(self, n: int) -> "PlaceDataset":
         """The first `n` database images and the queries whose true matches lie among them (a shorter
@@ -93,6 +96,8 @@ class PlaceDataset:
         """Database images [start, stop) of the route and the queries whose true matches all lie there,
         positives renumbered: a split by route position (train / validation / test stretches).
         Frame positions shift by `start` like the positives; metric positions stay as they are."""
+        if self.revisited is not None:
+            raise DatasetError(f"{self.name} is a set of landmarks (revisitop), not a route: it has no segments")
         start, stop = max(0, int(start)), min(len(self.database), int(stop))
         if stop <= start:
             raise DatasetError(f"route segment [{start}, {stop}) of {self.name} holds no database image")
