@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
