@@ -24,7 +24,7 @@ def raw_pixel_descriptors(paths: List, size=(32, 24)) -> np.ndarray:
     return np.stack(out)
 
 
-def run_raw_pixels(ds: PlaceDataset, top_k: int = 10) -> PathResult:
+def run_raw_pixels(ds: PlaceDataset, top_k: int = 20) -> PathResult:
     """Recall of the baseline, with the seconds it took (reading the images included, like the other paths)."""
     t0 = time.perf_counter()
     scores, ranked = rank_database(raw_pixel_descriptors(ds.queries), raw_pixel_descriptors(ds.database), top_k)

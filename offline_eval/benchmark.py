@@ -16,7 +16,7 @@ import yaml
 from offline_eval.baselines import run_raw_pixels
 from offline_eval.direct import PathResult, extract_dataset, run_direct
 from offline_eval.feature_cache import default_cache
-from offline_eval.report import agreement, plot_recall, recall_table, save_json
+from offline_eval.report import agreement, match_sheet, plot_pr, plot_recall, recall_table, save_json
 from vpr_core.config import ConfigError, load_config
 from vpr_core.datasets import DatasetError, load_dataset
 from vpr_core.models import DescriptorExtractor
@@ -127,7 +127,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if direct and replayed:
         print(f"direct vs bag replay: same top-1 on {agreement(direct, replayed):.1%} of queries")
     save_json(results, out / "results.json", dataset=str(ds.root), model=cfg.model.name, queries=len(ds.queries))
-    print(f"wrote {plot_recall(results, ds.positives, out / 'recall.png', ds.name)} and {out / 'results.json'}")
+    figures = [plot_recall(results, ds.positives, out / "recall.png", ds.name),
+               plot_pr(results, ds.positives, out / "pr.png", f"{ds.name}: accepting the top-1 by score")]
+    if results:  # the first path's matches (direct unless only others ran)
+        figures.append(match_sheet(results[0], ds.queries, ds.database, ds.positives, out / "matches.png"))
+    print(f"wrote {', '.join(str(f) for f in figures)} and {out / 'results.json'}")
     return 0
 
 

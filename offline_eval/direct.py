@@ -15,7 +15,7 @@ from vpr_core.config import Config
 from vpr_core.datasets import PlaceDataset
 from vpr_core.decision import FrameResult
 from vpr_core.images import iter_image_batches, load_image
-from vpr_core.metrics import MeanAP, PRSummary, pr_curve, recall_at_k, retrieval_pr
+from vpr_core.metrics import RECALL_KS, MeanAP, PRSummary, pr_curve, recall_at_k, retrieval_pr
 from vpr_core.models import DescriptorExtractor
 from vpr_core.models.vpr_model import Extracted
 from vpr_core.pipeline import PlaceRecognizer
@@ -42,12 +42,13 @@ class PathResult:
     @classmethod
     def scored(cls, path: str, ranked: np.ndarray, scores: np.ndarray, positives: Sequence[np.ndarray],
                seconds: float = 0.0, missing: int = 0) -> "PathResult":
-        """A result with its Recall@1/5/10 and precision-recall summary computed from the ranking."""
-        return cls(path, ranked, scores, recall_at_k(ranked, positives), seconds, missing,
+        """A result with its Recall@1/5/10/20 (those the ranking is deep enough for) and precision-recall summary."""
+        ks = [k for k in RECALL_KS if k <= np.asarray(ranked).shape[1]] or [1]
+        return cls(path, ranked, scores, recall_at_k(ranked, positives, ks), seconds, missing,
                    pr=pr_curve(*retrieval_pr(ranked, scores, positives)))
 
 
-def benchmark_config(cfg: Config, top_k: int = 10) -> Config:
+def benchmark_config(cfg: Config, top_k: int = 20) -> Config:
     """A copy of `cfg` in which every database frame becomes a keyframe and nothing is excluded: plain
     retrieval (the caller's config is left as it is)."""
     cfg = copy.deepcopy(cfg)
@@ -119,8 +120,8 @@ def ranked_from_ids(cand_ids: List[List[int]], id_to_db: Dict[int, int], k: int)
 
 
 def run_direct(cfg: Config, ds: PlaceDataset, extractor: Optional[DescriptorExtractor] = None,
-               top_k: int = 10, progress: bool = True, features: Optional[DatasetFeatures] = None) -> PathResult:
-    """Map the database, then localise every query (the recognizer's localization mode); Recall@1/5/10
+               top_k: int = 20, progress: bool = True, features: Optional[DatasetFeatures] = None) -> PathResult:
+    """Map the database, then localise every query (the recognizer's localization mode); Recall@1/5/10/20
     from the top-k. `extractor`: an already built model for `cfg` (else one is built). With `features`
     (from `extract_dataset`) the model is not run again: only map, search, re-rank."""
     rec = PlaceRecognizer(benchmark_config(cfg, top_k), extractor=extractor)
@@ -156,6 +157,6 @@ def run_direct(cfg: Config, ds: PlaceDataset, extractor: Optional[DescriptorExtr
     ranked = ranked_from_ids(cand_ids, id_to_db, top_k)
     out = PathResult.scored("direct", ranked, scores, ds.positives, time.perf_counter() - t0)
     if reranking:
-        out.recall_global = recall_at_k(ranked_from_ids(global_ids, id_to_db, top_k), ds.positives)
+        out.recall_global = recall_at_k(ranked_from_ids(global_ids, id_to_db, top_k), ds.positives, list(out.recall))
         out.rerank_ms = float(np.mean(rerank_ms)) if rerank_ms else 0.0
     return out

@@ -33,7 +33,7 @@ def load_descriptors(path: Path, rows: int, what: str) -> np.ndarray:
     return arr / norms
 
 
-def run_descriptors(ds: PlaceDataset, queries: Path, database: Path, top_k: int = 10) -> PathResult:
+def run_descriptors(ds: PlaceDataset, queries: Path, database: Path, top_k: int = 20) -> PathResult:
     """The path "descriptors <file>": the precomputed rows ranked and scored like the others."""
     t0 = time.perf_counter()
     q = load_descriptors(Path(queries), len(ds.queries), "query")

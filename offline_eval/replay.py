@@ -169,7 +169,7 @@ def replay(bag_dir: Path, node: NodeProcess, image_topic: str = "image", rate_hz
         rclpy.try_shutdown(context=context)
 
 
-def run_replay(cfg: Config, ds, workdir: Path, top_k: int = 10, progress: bool = True):
+def run_replay(cfg: Config, ds, workdir: Path, top_k: int = 20, progress: bool = True):
     """Bag path of the benchmark: node run 1 maps the database bag and saves the map on shutdown;
     node run 2 loads it with mapping off and localises the query bag. Same metrics as run_direct."""
     import numpy as np

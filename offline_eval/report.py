@@ -1,5 +1,5 @@
 """Benchmark output: a plain-text table (with ratios against the baseline measured in the same
-run), a JSON record, and a Recall@K plot."""
+run), a JSON record, and figures: Recall@K curves, precision-recall curves and an example-match sheet."""
 from __future__ import annotations
 
 import json
@@ -11,11 +11,11 @@ import numpy as np
 
 from offline_eval.direct import PathResult
 from offline_eval.landmarks import as_json
-from vpr_core.metrics import recall_at_k
+from vpr_core.metrics import RECALL_KS, recall_at_k, retrieval_pr
 
 
 def recall_table(results: Sequence[PathResult], baseline: Optional[PathResult] = None, title: str = "") -> str:
-    head = (f"{'path':<22}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'R@1 / base':>12}{'AUC-PR':>8}{'R@100%P':>9}"
+    head = (f"{'path':<22}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'R@20':>8}{'R@1 / base':>12}{'AUC-PR':>8}{'R@100%P':>9}"
             f"{'seconds':>10}{'missing':>9}")
     lines = [title, head, "-" * len(head)] if title else [head, "-" * len(head)]
     for r in results:
@@ -26,8 +26,8 @@ def recall_table(results: Sequence[PathResult], baseline: Optional[PathResult] =
             # the PR curve is of the path's final ranking (re-ranked when re-ranking is on)
             pr = r.pr if r.pr is not None and rec is r.recall else None
             auc, r100 = (f"{pr.auc:>8.3f}", f"{pr.recall_at_100:>9.3f}") if pr else (f"{'-':>8}", f"{'-':>9}")
-            lines.append(f"{name:<22}{rec[1]:>8.3f}{rec[5]:>8.3f}{rec[10]:>8.3f}"
-                         f"{ratio:>11.2f}x{auc}{r100}{r.seconds:>10.1f}{r.missing:>9d}")
+            at = "".join(f"{rec[k]:>8.3f}" if k in rec else f"{'-':>8}" for k in RECALL_KS)
+            lines.append(f"{name:<22}{at}{ratio:>11.2f}x{auc}{r100}{r.seconds:>10.1f}{r.missing:>9d}")
     reranked = [r for r in results if r.recall_global]
     lines += [f"{r.path}: re-ranking took {r.rerank_ms:.1f} ms per query" for r in reranked]
     return "\n".join(lines)
@@ -63,5 +63,65 @@ def plot_recall(results: Sequence[PathResult], positives: List[np.ndarray], path
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_pr(results: Sequence[PathResult], positives: List[np.ndarray], path: Path, title: str) -> Path:
+    """Precision-recall curves of accepting each path's top-1 match by its score (VPR-Bench's protocol)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for r in results:
+        p, rec = retrieval_pr(r.ranked, r.scores, positives)
+        label = f"{r.path} (AUC {r.pr.auc:.3f})" if r.pr is not None else r.path
+        ax.plot(np.r_[0.0, rec], np.r_[p[:1], p] if len(p) else [1.0], label=label)
+    ax.set(xlabel="recall", ylabel="precision", title=title, xlim=(0, 1.0), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def match_sheet(result: PathResult, queries: Sequence[Path], database: Sequence[Path],
+                positives: Sequence[np.ndarray], path: Path, rows: int = 6, top: int = 3) -> Path:
+    """The way VPR papers show results: per row a query, its top candidates framed green (a true place) or red,
+    and a true database image; rows spread over the queries, wrong top-1s first when there are some."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vpr_core.images import load_image
+
+    answerable = [i for i in range(len(queries)) if len(positives[i])]
+    wrong = [i for i in answerable if result.ranked[i, 0] not in positives[i]]
+    right = [i for i in answerable if i not in set(wrong)]
+    half = min(len(wrong), rows // 2)
+    pick = lambda idx, n: [idx[j] for j in np.linspace(0, len(idx) - 1, n).round().astype(int)] if n else []  # noqa: E731
+    chosen = pick(wrong, half) + pick(right, min(len(right), rows - half))
+    fig, axes = plt.subplots(max(1, len(chosen)), top + 2, figsize=(2.0 * (top + 2), 1.7 * max(1, len(chosen))),
+                             squeeze=False)
+    for row, q in zip(axes, chosen):
+        cells = [("query", queries[q], None)]
+        cells += [(f"#{k + 1} {result.scores[q, k]:.2f}", database[int(d)], int(d) in positives[q])
+                  for k, d in enumerate(result.ranked[q, :top]) if d >= 0]
+        cells += [("ground truth", database[int(positives[q][0])], None)]
+        for ax, (label, img, ok) in zip(row, cells):
+            ax.imshow(load_image(img))
+            ax.set_title(label, fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if ok is not None:
+                for side in ax.spines.values():
+                    side.set(color="tab:green" if ok else "tab:red", linewidth=3)
+        for ax in row[len(cells):]:
+            ax.axis("off")
+    fig.suptitle(f"{result.path}: green = a true place, red = wrong", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -9,6 +9,9 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 
 
+RECALL_KS = (1, 5, 10, 20)  # what the benchmark reports
+
+
 def recall_at_k(ranked: np.ndarray, positives: Sequence[np.ndarray], ks: Sequence[int] = (1, 5, 10)) -> Dict[int, float]:
     """Fraction of queries with a correct database index among their first k ranked ones.
 

@@ -1,6 +1,7 @@
 """vpr-benchmark's zoo mode: every option works or is refused with a reason, before any work is done."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -76,7 +77,8 @@ def test_recall_table_reports_the_pr_summary_of_each_path(tmp_path):
                             np.pad(scores, ((0, 0), (0, 8))), positives, seconds=1.0)
     assert res.recall[1] == 0.75 and res.pr.recall_at_100 == 0.25
     line = recall_table([res]).splitlines()[-1]
-    assert line.split()[:6] == ["direct", "0.750", "1.000", "1.000", "nanx", f"{res.pr.auc:.3f}"] and "0.250" in line
+    # a ranking 10 deep has no Recall@20: "-", not a number it cannot know
+    assert line.split()[:7] == ["direct", "0.750", "1.000", "1.000", "-", "nanx", f"{res.pr.auc:.3f}"] and "0.250" in line
     saved = json.loads(save_json([res], tmp_path / "r.json").read_text())
     assert saved["results"][0]["pr"]["recall_at_100"] == 0.25
 
@@ -99,6 +101,12 @@ def test_descriptors_computed_elsewhere_are_scored_like_the_direct_path(corridor
                  str(tmp_path / "db.npy"), "--out", str(tmp_path / "out")]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("descriptors q"))
     assert line.split()[2] == "0.676"  # corridor R@1 of the default model, as on the direct path
+    results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    recall = {r["path"]: r["recall"] for r in results}["descriptors q"]
+    assert list(recall) == ["1", "5", "10", "20"] and recall["10"] <= recall["20"] <= 1.0
+    for figure in ("recall.png", "pr.png", "matches.png"):  # the figures VPR papers show
+        data = (tmp_path / "out" / figure).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, figure
     bad = db.copy()
     bad[3, 0] = np.nan
     np.save(tmp_path / "bad.npy", bad)
