@@ -55,8 +55,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="compare model configs instead (descriptor size, images/s at batch 1 and 16, Recall@1/5, "
                          "and for two-stage configs Recall@1 after re-ranking the top K with its time per query)")
     ap.add_argument("--rerank-k", default="20,100", help="with --zoo: the K values to re-rank (comma-separated)")
-    ap.add_argument("--descriptors", nargs=2, type=Path, metavar=("QUERIES.npy", "DATABASE.npy"),
-                    help="also score descriptors computed elsewhere: one row per query / database image of the whole "
+    ap.add_argument("--descriptors", nargs=2, type=Path, action="append", metavar=("QUERIES.npy", "DATABASE.npy"),
+                    help="also score descriptors computed elsewhere (repeat to compare several side by side in one "
+                         "table and one plot): one row per query / database image of the whole "
                          "dataset, in its order (vpr-core extract writes them)")
     ap.add_argument("--out", type=Path, help="folder for results.json, recall.png and the bags (default: runs/<time>)")
     args = ap.parse_args(argv)
@@ -93,14 +94,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                        parse_overrides(args.set))
     print(f"{ds.name}: {len(ds.database)} database images, {len(ds.queries)} queries; model {cfg.model.name}")
     results: List[PathResult] = []
-    precomputed = None
-    if args.descriptors:  # checked before the long paths run: a wrong file fails at once
+    precomputed: List[PathResult] = []
+    for queries, database in args.descriptors or []:  # checked before the long paths run: a wrong file fails at once
         from offline_eval.precomputed import run_descriptors
         try:
-            precomputed = run_descriptors(ds, *args.descriptors)
+            precomputed.append(run_descriptors(ds, queries, database))
         except ValueError as exc:
             print(f"vpr-benchmark: {exc}", file=sys.stderr)
             return 2
+        names = [r.path for r in precomputed]
+        if names.count(names[-1]) > 1:  # two files of one name: tell them apart by their folder
+            precomputed[-1].path = f"descriptors {queries.parent.name}/{queries.stem}"
     baseline = run_raw_pixels(ds) if "raw" in paths else None
     if "direct" in paths:
         extractor = DescriptorExtractor(cfg.model)
@@ -112,8 +116,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "replay" in paths:
         from offline_eval.replay import run_replay  # needs rclpy and vpr_msgs
         results.append(run_replay(cfg, ds, Path(tempfile.mkdtemp(dir=out, prefix="replay-"))))
-    if precomputed is not None:
-        results.append(precomputed)
+    results += precomputed
     if baseline is not None:
         results.append(baseline)
     print(recall_table(results, baseline, title=f"{ds.name} ({cfg.model.name})"))

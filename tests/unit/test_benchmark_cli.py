@@ -101,6 +101,15 @@ def test_descriptors_computed_elsewhere_are_scored_like_the_direct_path(corridor
                  str(tmp_path / "db.npy"), "--out", str(tmp_path / "out")]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("descriptors q"))
     assert line.split()[2] == "0.676"  # corridor R@1 of the default model, as on the direct path
+    # several files side by side (--compare): one row each, in one table and one plot
+    (tmp_path / "other").mkdir()
+    np.save(tmp_path / "other" / "q.npy", q[:, ::-1].copy())  # another "model": the same descriptors, permuted
+    np.save(tmp_path / "other" / "db.npy", db[:, ::-1].copy())
+    assert main([str(corridor_root), "--paths", "raw", "--descriptors", str(tmp_path / "q.npy"), str(tmp_path / "db.npy"),
+                 "--descriptors", str(tmp_path / "other" / "q.npy"), str(tmp_path / "other" / "db.npy"),
+                 "--out", str(tmp_path / "both")]) == 0
+    rows = [ln.split()[:3] for ln in capsys.readouterr().out.splitlines() if ln.startswith("descriptors")]
+    assert rows == [["descriptors", "q", "0.676"], ["descriptors", "other/q", "0.676"]]
     results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
     recall = {r["path"]: r["recall"] for r in results}["descriptors q"]
     assert list(recall) == ["1", "5", "10", "20"] and recall["10"] <= recall["20"] <= 1.0
