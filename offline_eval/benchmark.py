@@ -129,7 +129,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     replayed = next((r for r in results if r.path == "bag replay"), None)
     if direct and replayed:
         print(f"direct vs bag replay: same top-1 on {agreement(direct, replayed):.1%} of queries")
-    save_json(results, out / "results.json", dataset=str(ds.root), model=cfg.model.name, queries=len(ds.queries))
+    save_json(results, out / "results.json", ds.positives, dataset=str(ds.root), model=cfg.model.name,
+              queries=len(ds.queries))
     figures = [plot_recall(results, ds.positives, out / "recall.png", ds.name),
                plot_pr(results, ds.positives, out / "pr.png", f"{ds.name}: accepting the top-1 by score")]
     if results:  # the first path's matches (direct unless only others ran)

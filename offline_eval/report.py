@@ -38,10 +38,25 @@ def agreement(a: PathResult, b: PathResult) -> float:
     return float(np.mean(a.ranked[:, 0] == b.ranked[:, 0])) if len(a.ranked) else float("nan")
 
 
-def save_json(results: Sequence[PathResult], path: Path, **meta) -> Path:
+def per_query(r: PathResult, positives: Sequence[np.ndarray]) -> List[dict]:
+    """Each query's outcome: its top-1 database index and score, and the rank of its first true match
+    (None when none is in the ranking, or the query has no true match)."""
+    out = []
+    for i, pos in enumerate(positives):
+        hit = np.flatnonzero(np.isin(r.ranked[i], pos)) if len(pos) else np.zeros(0, np.int64)
+        top = int(r.ranked[i, 0]) if r.ranked.shape[1] else -1
+        out.append({"top1": top, "score": float(r.scores[i, 0]) if top >= 0 else None,
+                    "first_true_rank": int(hit[0]) + 1 if len(hit) else None})
+    return out
+
+
+def save_json(results: Sequence[PathResult], path: Path, positives: Optional[Sequence[np.ndarray]] = None,
+              **meta) -> Path:
+    """results.json: per path the aggregate metrics and, given the ground truth, every query's outcome."""
     path.write_text(json.dumps({**meta, "results": [
         {"path": r.path, "recall": r.recall, "seconds": r.seconds, "missing": r.missing,
          "pr": asdict(r.pr) if r.pr is not None else None,
+         **({"queries": per_query(r, positives)} if positives is not None else {}),
          **({"landmarks": as_json(r.landmarks)} if r.landmarks else {}),
          **({"recall_global": r.recall_global, "rerank_ms": r.rerank_ms} if r.recall_global else {})}
         for r in results]}, indent=2))

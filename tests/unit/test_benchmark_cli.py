@@ -113,6 +113,10 @@ def test_descriptors_computed_elsewhere_are_scored_like_the_direct_path(corridor
     results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
     recall = {r["path"]: r["recall"] for r in results}["descriptors q"]
     assert list(recall) == ["1", "5", "10", "20"] and recall["10"] <= recall["20"] <= 1.0
+    each = {r["path"]: r["queries"] for r in results}["descriptors q"]  # per query, beside the aggregate
+    assert len(each) == 111 and np.mean([q["first_true_rank"] == 1 for q in each]) == pytest.approx(recall["1"])
+    assert np.mean([q["first_true_rank"] is not None and q["first_true_rank"] <= 5 for q in each]) == \
+        pytest.approx(recall["5"])
     for figure in ("recall.png", "pr.png", "matches.png"):  # the figures VPR papers show
         data = (tmp_path / "out" / figure).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, figure
