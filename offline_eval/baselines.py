@@ -8,7 +8,7 @@ from typing import List
 import cv2
 import numpy as np
 
-from offline_eval.direct import PathResult
+from offline_eval.protocol import PathResult
 from vpr_core.datasets import PlaceDataset
 from vpr_core.images import load_image
 from vpr_core.metrics import rank_database

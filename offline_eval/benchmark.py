@@ -14,8 +14,9 @@ from typing import List, Optional
 import yaml
 
 from offline_eval.baselines import run_raw_pixels
-from offline_eval.direct import PathResult, extract_dataset, run_direct
+from offline_eval.direct import run_direct
 from offline_eval.feature_cache import default_cache
+from offline_eval.protocol import PathResult, extract_dataset
 from offline_eval.report import agreement, match_sheet, plot_pr, plot_recall, recall_table, save_json
 from vpr_core.config import ConfigError, load_config
 from vpr_core.datasets import DatasetError, load_dataset

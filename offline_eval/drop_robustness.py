@@ -18,7 +18,7 @@ import numpy as np
 
 from offline_eval.benchmark import parse_overrides
 from offline_eval.closures import as_stream
-from offline_eval.direct import extract_dataset, stream_stamps
+from offline_eval.protocol import extract_dataset, stream_stamps
 from offline_eval.feature_cache import default_cache
 from vpr_core.config import load_config
 from vpr_core.datasets import load_dataset

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from offline_eval.benchmark import parse_overrides
-from offline_eval.direct import contrast_of, extract_dataset, stream_stamps
+from offline_eval.protocol import contrast_of, extract_dataset, stream_stamps
 from offline_eval.feature_cache import default_cache
 from vpr_core.config import Config, ConfigError, config_from_dict, load_config
 from vpr_core.datasets import DatasetError, load_dataset

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from offline_eval.benchmark import parse_overrides
-from offline_eval.direct import extract_dataset
+from offline_eval.protocol import extract_dataset
 from offline_eval.feature_cache import default_cache
 from vpr_core.config import ConfigError, load_config
 from vpr_core.datasets import PlaceDataset, load_dataset

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from offline_eval.direct import PathResult
+from offline_eval.protocol import PathResult
 from offline_eval.landmarks import landmark_scores
 from vpr_core.datasets import PlaceDataset
 from vpr_core.metrics import rank_database

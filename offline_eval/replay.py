@@ -175,7 +175,7 @@ def run_replay(cfg: Config, ds, workdir: Path, top_k: int = 20, progress: bool =
     import numpy as np
 
     from offline_eval.bags import write_image_bag
-    from offline_eval.direct import QUERY_OFFSET_NS, PathResult, benchmark_config, ranked_from_ids, stream_stamps
+    from offline_eval.protocol import QUERY_OFFSET_NS, PathResult, benchmark_config, ranked_from_ids, stream_stamps
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from offline_eval.direct import PathResult
+from offline_eval.protocol import PathResult
 from offline_eval.landmarks import as_json
 from vpr_core.metrics import RECALL_KS, recall_at_k, retrieval_pr
 

@@ -12,7 +12,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from offline_eval.direct import PathResult, extract_dataset, run_direct
+from offline_eval.direct import run_direct
+from offline_eval.protocol import PathResult, extract_dataset
 from vpr_core.config import Config, load_config
 from vpr_core.datasets import PlaceDataset
 from vpr_core.images import load_image

@@ -54,7 +54,7 @@ def test_zoo_table_shows_re_ranked_r5_and_the_raw_pixel_baseline_with_its_time(c
 def test_benchmark_config_is_a_copy_and_the_caller_config_is_untouched():
     """Mapping vs localising is the recognizer's mode (set_mode), and the benchmark's retrieval settings live
     in a copy: the config a caller passes (the zoo reuses one for every K) comes back as it went in."""
-    from offline_eval.direct import benchmark_config
+    from offline_eval.protocol import benchmark_config
     from vpr_core.config import load_config
     cfg = load_config()
     before = cfg.to_dict()
@@ -68,7 +68,7 @@ def test_recall_table_reports_the_pr_summary_of_each_path(tmp_path):
 
     import numpy as np
 
-    from offline_eval.direct import PathResult
+    from offline_eval.protocol import PathResult
     from offline_eval.report import recall_table, save_json
     ranked = np.array([[0, 1], [5, 1], [2, 9], [3, 1]])
     scores = np.array([[.9, .1], [.8, .1], [.7, .1], [.6, .1]])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from offline_eval.closures import Stage, Stream, published, run_stage, stages
-from offline_eval.direct import stream_stamps
+from offline_eval.protocol import stream_stamps
 from vpr_core.config import load_config
 from vpr_core.metrics import pr_curve
 from vpr_core.pipeline import PlaceRecognizer

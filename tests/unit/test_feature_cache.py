@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from offline_eval.direct import extract_dataset
+from offline_eval.protocol import extract_dataset
 from offline_eval.feature_cache import feature_key, load_features, save_features
 from vpr_core.datasets import load_dataset
 from vpr_core.local_features import LocalFeatures

@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
-from offline_eval.direct import extract_dataset  # noqa: E402
 from offline_eval.fleet import drive, milvus_lite_server, run  # noqa: E402
+from offline_eval.protocol import extract_dataset  # noqa: E402
 from vpr_core.config import load_config  # noqa: E402
 from vpr_core.datasets import load_dataset  # noqa: E402
 from vpr_core.fleet import RemoteRoute  # noqa: E402

@@ -9,7 +9,7 @@ from collections import deque
 import pytest
 
 from offline_eval.closures import as_stream
-from offline_eval.direct import extract_dataset, stream_stamps
+from offline_eval.protocol import extract_dataset, stream_stamps
 from vpr_core.config import load_config
 from vpr_core.datasets import load_dataset
 from vpr_core.pipeline import PlaceRecognizer

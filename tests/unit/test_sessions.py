@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from map_mutations import pack, read_members
 
-from offline_eval.direct import extract_dataset, stream_stamps
+from offline_eval.protocol import extract_dataset, stream_stamps
 from vpr_core.cli import main as cli
 from vpr_core.config import load_config
 from vpr_core.datasets import load_dataset
