@@ -6,8 +6,9 @@ neither imports the other for these.
 from __future__ import annotations
 
 import io
+import zipfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -181,18 +182,37 @@ class LocalFeatureStore:
 
 
 def local_npz(items: Sequence[Tuple[int, LocalFeatures]], dim: int) -> memoryview:
-    """The map file's local.npz of these (id, features): concatenated arrays plus offsets."""
-    ids = [i for i, _ in items]
+    """The map file's local.npz of these (id, features) as bytes (`write_local_npz` into memory)."""
+    buf = io.BytesIO()
+    write_local_npz(items, dim, buf)
+    return buf.getbuffer()  # the buffer itself, not a copy of it
+
+
+def write_local_npz(items: Sequence[Tuple[int, LocalFeatures]], dim: int, fh: BinaryIO) -> None:
+    """Write local.npz (ids, offsets, concatenated xy and float16 desc, image sizes, dim) into seekable `fh`,
+    each keyframe's arrays streamed in turn: no concatenated copy of the store is ever made."""
     feats = [lf for _, lf in items]
     counts = np.array([len(lf) for lf in feats], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    xy = np.concatenate([lf.xy for lf in feats]) if feats else np.zeros((0, 2), np.float32)
-    desc = np.concatenate([lf.desc for lf in feats]) if feats else np.zeros((0, dim), np.float16)
-    hw = np.array([lf.image_hw for lf in feats], np.int64).reshape(-1, 2)
-    buf = io.BytesIO()
-    np.savez(buf, ids=np.array(ids, np.int64), offsets=offsets, xy=np.asarray(xy, np.float32),
-             desc=np.asarray(desc, np.float16), image_hw=hw, dim=np.array(dim, np.int64))
-    return buf.getbuffer()  # the buffer itself, not a copy of it
+    total = int(counts.sum())
+    small = {"ids": np.array([i for i, _ in items], np.int64),
+             "offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+             "image_hw": np.array([lf.image_hw for lf in feats], np.int64).reshape(-1, 2),
+             "dim": np.array(dim, np.int64)}
+    big = {"xy": ("<f4", (total, 2), lambda lf: np.ascontiguousarray(lf.xy, "<f4")),
+           "desc": ("<f2", (total, dim), lambda lf: np.ascontiguousarray(lf.desc, "<f2"))}
+    with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name in ("ids", "offsets"):
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as m:
+                np.lib.format.write_array(m, small[name], allow_pickle=False)
+        for name, (descr, shape, part) in big.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as m:
+                np.lib.format.write_array_header_1_0(m, {"descr": descr, "fortran_order": False, "shape": shape})
+                for lf in feats:
+                    if len(lf):
+                        m.write(memoryview(part(lf)).cast("B"))
+        for name in ("image_hw", "dim"):
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as m:
+                np.lib.format.write_array(m, small[name], allow_pickle=False)
 
 
 _NPZ_SPEC = {"ids": ("i8", 1), "offsets": ("i8", 1), "xy": ("f4", 2), "desc": ("f2", 2), "image_hw": ("i8", 2),

@@ -15,17 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple
 
 import faiss
 import numpy as np
 
 from vpr_core.keyframes import Candidate, Keyframe
-from vpr_core.local_features import DescriptorError, LocalFeatures, LocalFeatureStore, local_npz
+from vpr_core.local_features import DescriptorError, LocalFeatures, LocalFeatureStore, local_npz, write_local_npz
 from vpr_core.map_file import (DEFAULT_MAX_BYTES, INDEX_MEMBER, LOCAL_MEMBER, MAGIC, META_MEMBER, VERSION, MapError,
-                               read_map_file, write_map_file)
+                               file_sha256, read_map_file, write_map_file)
 from vpr_core.map_index import INDEX_TYPES
 
 log = logging.getLogger(__name__)
@@ -68,17 +69,33 @@ class FrozenMap:
     local_items: List[Tuple[int, LocalFeatures]]
     local_dim: int
 
-    def encode(self) -> Tuple[Dict[str, Any], Dict[str, bytes]]:
+    def encode(self, spool: Optional[BinaryIO] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """The file's header and members. With `spool` (a seekable scratch file) local.npz is written there,
+        streamed keyframe by keyframe, and its member is the file, not bytes: a save then never holds the
+        local features a second time (they are most of a map)."""
         index_bytes = faiss.serialize_index(self.index)  # uint8 array, written as is
         # vars, not asdict: asdict deep-copies every field (1.6 s of a 100k-keyframe save); JSON only reads them
         meta = json.dumps({"order": self.order, "keyframes": [vars(kf) for kf in self.keyframes]}).encode()
-        local_bytes = local_npz(self.local_items, self.local_dim)
+        if spool is None:
+            local: Any = local_npz(self.local_items, self.local_dim)
+            local_sha = hashlib.sha256(local).hexdigest()
+        else:
+            write_local_npz(self.local_items, self.local_dim, spool)
+            spool.flush()
+            local, local_sha = spool, file_sha256(spool)
         header = {"magic": MAGIC, "version": VERSION, "dim": self.dim, "index_type": self.index_type,
                   "model": self.model, "count": len(self.order), "next_id": self.next_id,
                   "sha256_index": hashlib.sha256(index_bytes).hexdigest(),
                   "sha256_meta": hashlib.sha256(meta).hexdigest(), "local_dim": self.local_dim,
-                  "local_count": len(self.local_items), "sha256_local": hashlib.sha256(local_bytes).hexdigest()}
-        return header, {META_MEMBER: meta, INDEX_MEMBER: index_bytes, LOCAL_MEMBER: local_bytes}
+                  "local_count": len(self.local_items), "sha256_local": local_sha}
+        return header, {META_MEMBER: meta, INDEX_MEMBER: index_bytes, LOCAL_MEMBER: local}
+
+    def save(self, path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
+        """Write the frozen map atomically, local.npz spooled through a scratch file beside `path`."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent, prefix=".local-spool-") as spool:
+            return write_map_file(path, *self.encode(spool), max_bytes)
 
 
 @dataclass
@@ -268,7 +285,7 @@ class MapDatabase:
 
     def save(self, path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
         """Write the map atomically: everything goes to `<path>.tmp`, is fsynced, then renamed."""
-        return write_map_file(path, *self.snapshot(), max_bytes)
+        return self.freeze().save(path, max_bytes)
 
     @classmethod
     def load(cls, path: str | Path, expected_dim: Optional[int] = None, use_gpu: str = "auto",

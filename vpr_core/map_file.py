@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import stat
 import zipfile
 from dataclasses import dataclass
@@ -353,15 +354,36 @@ def is_map_file(path: str | Path) -> bool:
         return False
 
 
-def write_map_file(path: str | Path, header: Dict[str, Any], members: Mapping[str, bytes],
+def _size(data: Any) -> int:
+    """Bytes of a member given as a buffer (bytes, a numpy array) or as a seekable file (written from its start)."""
+    if _is_file(data):
+        return os.fstat(data.fileno()).st_size
+    return memoryview(data).nbytes
+
+
+def _is_file(data: Any) -> bool:
+    return hasattr(data, "fileno") and hasattr(data, "read")
+
+
+def file_sha256(fh: BinaryIO, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's whole content, read in chunks from its start."""
+    h = hashlib.sha256()
+    fh.seek(0)
+    for block in iter(lambda: fh.read(chunk), b""):
+        h.update(block)
+    return h.hexdigest()
+
+
+def write_map_file(path: str | Path, header: Dict[str, Any], members: Mapping[str, Any],
                    max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
-    """Write header + members atomically (`<path>.tmp`, fsync, rename, fsync of the folder). Refuses (MapError)
-    a map its own reader would refuse as too large, before touching the disk."""
+    """Write header + members atomically (`<path>.tmp`, fsync, rename, fsync of the folder). A member is bytes or
+    a seekable file, copied in chunks. Refuses (MapError) a map its own reader would refuse as too large,
+    before touching the disk."""
     path = Path(path)
     limits = member_limits(header, max_bytes)
     for name, data in members.items():
-        if len(data) > limits[name]:
-            raise MapError(f"cannot save {path}: {name} would be {len(data)} bytes, above the {limits[name]} a map "
+        if _size(data) > limits[name]:
+            raise MapError(f"cannot save {path}: {name} would be {_size(data)} bytes, above the {limits[name]} a map "
                            f"file may hold (map.max_file_mb {max_bytes >> 20}); raise map.max_file_mb")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -370,7 +392,12 @@ def write_map_file(path: str | Path, header: Dict[str, Any], members: Mapping[st
             with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
                 zf.writestr(HEADER_MEMBER, json.dumps(header))
                 for name, data in members.items():
-                    zf.writestr(name, data)
+                    if not _is_file(data):
+                        zf.writestr(name, data)
+                        continue
+                    data.seek(0)
+                    with zf.open(name, "w", force_zip64=True) as out:
+                        shutil.copyfileobj(data, out, 1 << 20)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -26,7 +26,6 @@ from vpr_core.images import ImageError, ImageTooLarge, OpenCVError
 from vpr_core.keyframes import Candidate
 from vpr_core.local_features import DescriptorError, LocalFeatures
 from vpr_core.map_database import MapDatabase, MapError
-from vpr_core.map_file import write_map_file
 from vpr_core.models import DescriptorExtractor
 from vpr_core.models.identity import same_descriptors
 from vpr_core.runtime import apply_threads
@@ -311,8 +310,7 @@ class PlaceRecognizer:
         with self._save_lock:
             with self._lock:
                 frozen = self.db.freeze()
-            header, members = frozen.encode()
-            return write_map_file(path, header, members, self.cfg.map.max_file_mb << 20)
+            return frozen.save(path, self.cfg.map.max_file_mb << 20)
 
     def load_map(self, path: str | Path) -> int:
         """Replace the map with the file's; on any error the current map is kept and MapError raised."""

@@ -357,6 +357,24 @@ def test_loading_reads_local_features_once_without_copies(tmp_path):
     assert peak < 1.3 * size, f"loading a {size >> 20} MB map allocated {peak >> 20} MB at its peak"
 
 
+def test_saving_streams_local_features_without_a_second_copy(tmp_path):
+    """local.npz is written keyframe by keyframe through a scratch file beside the map: the save's peak
+    Python/numpy allocation stays a small share of the local features (it was ~2x: concatenated arrays,
+    then the npz buffer), and the file loads back exactly, its checksum over the streamed bytes."""
+    import tracemalloc
+    db, pool = _pooled_map(400, seed=11)  # ~26 MB of local features
+    local_bytes = 400 * 500 * (64 * 2 + 8)
+    tracemalloc.start()
+    path = db.save(tmp_path / "streamed.vprmap")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < local_bytes / 4, f"saving {local_bytes >> 20} MB of local features allocated {peak >> 20} MB"
+    assert not [p for p in tmp_path.iterdir() if p.name != "streamed.vprmap"]  # no scratch file left behind
+    back = MapDatabase.load(path, use_gpu="false")
+    assert len(back.local) == 400 and np.array_equal(back.local.get(399).desc, pool[3].desc)
+    assert np.array_equal(back.local.get(0).xy, db.local.get(0).xy)
+
+
 def test_a_save_holds_the_map_only_while_it_is_frozen(tmp_path):
     """`freeze` (what PlaceRecognizer.save_map does under its lock) copies the index and lists references:
     no JSON, npz or checksum of the local features is made while frames wait; `encode` does that after."""
