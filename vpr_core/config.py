@@ -71,6 +71,9 @@ class MapConfig:
     max_file_mb: int = 4096  # refuse to read or write a map file larger than this (memory bound on load)
     id_reserve: int = 100  # query ids reserved ahead in `<path>.ids` before use: a crash skips at most this many
     robot_id: str = ""  # names this robot's keyframes and closures in a map shared by several (multi-session, fleets)
+    max_local_mb: int = 0  # keep at most this many MB of local features in memory, the least recently used rest in
+    #                        a spill file, read back when a candidate is verified (0 = all in memory)
+    spill_directory: str = ""  # folder for that spill file ("" = the system's temporary folder)
     # a fleet's shared map (README "A shared map for a fleet"): faiss = this robot's map only; milvus = also publish
     # keyframes to one Milvus collection and find loops with the other robots' keyframes there (beside the FAISS map)
     backend: str = "faiss"

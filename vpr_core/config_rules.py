@@ -76,6 +76,7 @@ CONFIG_RULES: Dict[str, Rule] = {
     "map.id_reserve": _between(1, 1_000_000),
     "map.robot_id": Rule(lambda v: len(v) <= 256, "at most 256 characters"),
     "map.backend": _one_of("faiss", "milvus"),
+    "map.max_local_mb": _between(0, 1 << 24, "0 = keep every keyframe's local features in memory"),
     "map.milvus_collection": Rule(lambda v: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", v) is not None,
                                   "a Milvus collection name: letters, digits and _, not starting with a digit"),
     "map.milvus_index": Rule(lambda v: re.fullmatch(r"[A-Z0-9_]+", v) is not None, "a Milvus index type, e.g. FLAT"),

@@ -6,14 +6,18 @@ neither imports the other for these.
 from __future__ import annotations
 
 import io
+import logging
 import zipfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from vpr_core.config import MAX_LOCAL_FEATURES
 from vpr_core.zip_reader import read_npz
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from vpr_core.geometry.pose import PoseResult
@@ -89,11 +93,22 @@ class LocalFeatureStore:
 
     One descriptor size per map (fixed by the first keyframe stored, or by `dim`). The count per
     keyframe is capped where the features are made (`model.max_local_features`, strongest first).
+    With a memory budget (`limit`, map.max_local_mb) the least recently used features beyond it move to a
+    spill file (vpr_core.local_spill) and come back when asked for: new keyframes and recently verified
+    candidates stay in memory.
     """
 
     def __init__(self, dim: int = 0) -> None:
         self.dim = int(dim)  # 0 = not known yet
-        self._items: Dict[int, LocalFeatures] = {}
+        self._items: Dict[int, Any] = {}  # every id in insertion order -> LocalFeatures (in memory) or Spilled
+        self._resident: "OrderedDict[int, int]" = OrderedDict()  # ids in memory -> bytes, least recently used first
+        self._resident_bytes = 0
+        self._on_disk: Dict[int, Any] = {}  # ids ever spilled -> their record (records never change)
+        self._spill: Any = None  # SpillFile, made on the first eviction
+        self.budget = 0  # bytes of features kept in memory (0 = all)
+        self.spill_dir = ""
+        self.spill_reads = 0  # features read back from the spill file
+        self.spill_failures = 0  # spill writes or reads that failed (the features then stay / count as missing)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -105,11 +120,79 @@ class LocalFeatureStore:
         return iter(self._items)
 
     def get(self, kid: int) -> Optional[LocalFeatures]:
-        return self._items.get(int(kid))
+        """The features of keyframe `kid` (read back from the spill file when they were moved there), or None."""
+        kid = int(kid)
+        found = self._items.get(kid)
+        if found is None or isinstance(found, LocalFeatures):
+            if found is not None and kid in self._resident:
+                self._resident.move_to_end(kid)
+            return found
+        try:
+            lf = found.load()
+        except OSError as exc:
+            self.spill_failures += 1
+            log.error("local features of keyframe %d could not be read back from the spill file: %s", kid, exc)
+            return None
+        self.spill_reads += 1
+        self._keep(kid, lf)
+        return lf
 
     @property
     def nbytes(self) -> int:
-        return sum(lf.xy.nbytes + lf.desc.nbytes for lf in self._items.values())
+        """Bytes of every stored keyframe's features, in memory or spilled."""
+        return sum(len(lf) * (8 + 2 * lf.dim) for lf in self._items.values())
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of features held in memory."""
+        return self._resident_bytes
+
+    @property
+    def spilled(self) -> int:
+        """Keyframes whose features are only in the spill file now."""
+        return len(self._items) - len(self._resident)
+
+    def limit(self, budget_bytes: int, spill_dir: str = "") -> None:
+        """Keep at most `budget_bytes` of features in memory (0 = no limit), the rest in a spill file in
+        `spill_dir` (default: the system's temporary folder). Features that view a loaded map file's buffer
+        are copied, so the buffer can go."""
+        self.budget, self.spill_dir = max(0, int(budget_bytes)), spill_dir
+        if not self.budget:
+            return
+        for kid in list(self._resident):
+            lf = self._items[kid]
+            if lf.xy.base is not None or lf.desc.base is not None:
+                self._items[kid] = LocalFeatures(lf.xy.copy(), lf.desc.copy(), lf.image_hw)
+        self._evict()
+
+    def _keep(self, kid: int, lf: LocalFeatures) -> None:
+        """Hold `lf` in memory as the most recently used, then move the least recently used out if over budget."""
+        self._items[kid] = lf
+        old = self._resident.pop(kid, None)
+        self._resident_bytes += lf.xy.nbytes + lf.desc.nbytes - (old or 0)
+        self._resident[kid] = lf.xy.nbytes + lf.desc.nbytes
+        self._evict()
+
+    def _evict(self) -> None:
+        while self.budget and self._resident_bytes > self.budget and len(self._resident) > 1:
+            kid, size = next(iter(self._resident.items()))
+            record = self._on_disk.get(kid)
+            if record is None:
+                try:
+                    if self._spill is None:
+                        from vpr_core.local_spill import SpillFile
+                        self._spill = SpillFile(self.spill_dir)
+                    record = self._spill.write(self._items[kid])
+                except OSError as exc:  # a full disk: keep everything in memory rather than lose features
+                    self.spill_failures += 1
+                    log.error("local features could not be moved to the spill file (%s): keeping them in memory "
+                              "(map.max_local_mb no longer holds)", exc)
+                    self.budget = 0
+                    return
+                self._on_disk[kid] = record
+            del self._resident[kid]
+            self._resident_bytes -= size
+            self._items[kid] = record
 
     def check(self, local: LocalFeatures) -> LocalFeatures:
         """The compact, validated copy of `local`; raises LocalFeatureError and changes nothing."""
@@ -142,7 +225,8 @@ class LocalFeatureStore:
         """Store features that `check` returned."""
         if not self.dim:
             self.dim = checked.dim
-        self._items[int(kid)] = checked
+        self._on_disk.pop(int(kid), None)
+        self._keep(int(kid), checked)
 
     def add(self, kid: int, local: LocalFeatures) -> None:
         self.put(kid, self.check(local))
@@ -150,7 +234,8 @@ class LocalFeatureStore:
     # ---- persistence: one npz of concatenated arrays + offsets -----------------------------
     def items(self, order: Optional[Sequence[int]] = None) -> List[Tuple[int, LocalFeatures]]:
         """(id, features) in `order` (default: as stored), skipping ids without features: references only,
-        cheap enough to take under a lock (stored features are never modified)."""
+        cheap enough to take under a lock (stored features are never modified; spilled ones are records that
+        read like LocalFeatures, each array read from the spill file when asked for)."""
         return [(i, self._items[i]) for i in (order if order is not None else self._items) if i in self._items]
 
     def to_bytes(self, order: Optional[Sequence[int]] = None) -> memoryview:
@@ -177,7 +262,7 @@ class LocalFeatureStore:
         store = cls(dim)
         for k, kid in enumerate(ids.tolist()):
             a, b = int(offsets[k]), int(offsets[k + 1])
-            store._items[int(kid)] = LocalFeatures(xy[a:b], desc[a:b], (int(hw[k, 0]), int(hw[k, 1])))
+            store._keep(int(kid), LocalFeatures(xy[a:b], desc[a:b], (int(hw[k, 0]), int(hw[k, 1]))))
         return store
 
 

@@ -261,8 +261,10 @@ class PlaceRecognizer:
 
     def _new_map(self) -> MapDatabase:
         """An empty map that records which model's descriptors it will hold."""
-        return MapDatabase(self.extractor.dim, self.cfg.map.index, self.cfg.map.use_gpu,
-                           model=getattr(self.extractor, "fingerprint", ""))
+        db = MapDatabase(self.extractor.dim, self.cfg.map.index, self.cfg.map.use_gpu,
+                         model=getattr(self.extractor, "fingerprint", ""))
+        db.local.limit(self.cfg.map.max_local_mb << 20, self.cfg.map.spill_directory)
+        return db
 
     def record_stage(self, stage: str, ms: float) -> None:
         """Time spent outside the pipeline on a processed frame (the node's image decoding)."""
@@ -330,6 +332,7 @@ class PlaceRecognizer:
                 raise MapError(f"{path} holds {db.local.dim}-D local features but the model produces "
                                f"{self._local_dim}-D ones: it was built with another local head; rebuild it "
                                f"(the in-memory map was left unchanged)")
+            db.local.limit(self.cfg.map.max_local_mb << 20, self.cfg.map.spill_directory)
             self.db = db
             self.detector.reset_map(db)
         return len(db)
