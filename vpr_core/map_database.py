@@ -69,33 +69,37 @@ class FrozenMap:
     local_items: List[Tuple[int, LocalFeatures]]
     local_dim: int
 
-    def encode(self, spool: Optional[BinaryIO] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-        """The file's header and members. With `spool` (a seekable scratch file) local.npz is written there,
-        streamed keyframe by keyframe, and its member is the file, not bytes: a save then never holds the
-        local features a second time (they are most of a map)."""
-        index_bytes = faiss.serialize_index(self.index)  # uint8 array, written as is
+    def encode(self, spools: Optional[Tuple[BinaryIO, BinaryIO]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """The file's header and members. With `spools` (two seekable scratch files) the FAISS index and
+        local.npz are written there, streamed, and their members are the files, not bytes: a save then never
+        holds the index or the local features a second time (they are all of a map but its metadata)."""
         # vars, not asdict: asdict deep-copies every field (1.6 s of a 100k-keyframe save); JSON only reads them
         meta = json.dumps({"order": self.order, "keyframes": [vars(kf) for kf in self.keyframes]}).encode()
-        if spool is None:
+        if spools is None:
+            index: Any = faiss.serialize_index(self.index)  # uint8 array, written as is
             local: Any = local_npz(self.local_items, self.local_dim)
-            local_sha = hashlib.sha256(local).hexdigest()
+            index_sha, local_sha = hashlib.sha256(index).hexdigest(), hashlib.sha256(local).hexdigest()
         else:
-            write_local_npz(self.local_items, self.local_dim, spool)
-            spool.flush()
-            local, local_sha = spool, file_sha256(spool)
+            index, local = spools
+            faiss.write_index(self.index, faiss.PyCallbackIOWriter(index.write))
+            write_local_npz(self.local_items, self.local_dim, local)
+            index.flush()
+            local.flush()
+            index_sha, local_sha = file_sha256(index), file_sha256(local)
         header = {"magic": MAGIC, "version": VERSION, "dim": self.dim, "index_type": self.index_type,
                   "model": self.model, "count": len(self.order), "next_id": self.next_id,
-                  "sha256_index": hashlib.sha256(index_bytes).hexdigest(),
-                  "sha256_meta": hashlib.sha256(meta).hexdigest(), "local_dim": self.local_dim,
-                  "local_count": len(self.local_items), "sha256_local": local_sha}
-        return header, {META_MEMBER: meta, INDEX_MEMBER: index_bytes, LOCAL_MEMBER: local}
+                  "sha256_index": index_sha, "sha256_meta": hashlib.sha256(meta).hexdigest(),
+                  "local_dim": self.local_dim, "local_count": len(self.local_items), "sha256_local": local_sha}
+        return header, {META_MEMBER: meta, INDEX_MEMBER: index, LOCAL_MEMBER: local}
 
     def save(self, path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
-        """Write the frozen map atomically, local.npz spooled through a scratch file beside `path`."""
+        """Write the frozen map atomically, its index and local features spooled through scratch files beside
+        `path` (removed when the save ends)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent, prefix=".local-spool-") as spool:
-            return write_map_file(path, *self.encode(spool), max_bytes)
+        with tempfile.TemporaryFile(dir=path.parent, prefix=".index-spool-") as index, \
+                tempfile.TemporaryFile(dir=path.parent, prefix=".local-spool-") as local:
+            return write_map_file(path, *self.encode((index, local)), max_bytes)
 
 
 @dataclass
