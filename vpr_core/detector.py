@@ -117,7 +117,8 @@ class LoopClosureDetector:
         stored with the keyframe). `camera` (intrinsics) and `depth` (aligned depth image of this frame)
         let the closure carry a relative pose, and let degenerate geometry reject it. `contrast` (the
         image's grey-level std, NaN = unknown): below `min_image_contrast` the frame is searched only."""
-        return self.decide(self.prepare(descriptor, stamp_ns, frame_id, pose, local, camera, depth, contrast))
+        pending = self.prepare(descriptor, stamp_ns, frame_id, pose, local, camera, depth, contrast)
+        return self.decide_fleet(pending, self.decide(pending))
 
     def prepare(self, descriptor: np.ndarray, stamp_ns: int, frame_id: str,
                 pose: Optional[List[float]] = None, local: Optional[LocalFeatures] = None,
@@ -188,15 +189,22 @@ class LoopClosureDetector:
         closure = self._accept(p, decision)
         if p.is_keyframe and closure is not None:
             self.links.link(p.query.id, closure.match.id)  # the new keyframe shows the matched place
-        fleet = None
-        if self.fleet is not None and not replaced:
-            fleet = self.fleet.decide(p, self.reranker,
-                                      lambda d, q, stored, pf: self._check_geometry(d, q, stored, pf.camera, pf.depth))
-            timings["fleet"] = fleet.ms
         return FrameResult(PlaceMatch(p.query, p.is_keyframe, candidates[:self.cfg.top_k],
-                                      global_candidates=global_candidates, rerank_ms=rerank_ms, timings_ms=timings,
-                                      fleet_candidates=fleet.candidates if fleet is not None else []),
-                           closure, decision, fleet)
+                                      global_candidates=global_candidates, rerank_ms=rerank_ms, timings_ms=timings),
+                           closure, decision)
+
+    def decide_fleet(self, p: PendingFrame, result: FrameResult) -> FrameResult:
+        """The fleet's part of a decided frame (with a shared map): other robots' candidates and closure into
+        `result`. It reads only the fleet's own state and the shared map, so the pipeline runs it outside its
+        lock (a shared-map search takes milliseconds); frames must still go through it in order."""
+        if self.fleet is None or p.db is not self.db:
+            return result
+        fleet = self.fleet.decide(p, self.reranker,
+                                  lambda d, q, stored, pf: self._check_geometry(d, q, stored, pf.camera, pf.depth))
+        result.fleet = fleet
+        result.place_match.fleet_candidates = fleet.candidates
+        result.place_match.timings_ms["fleet"] = fleet.ms
+        return result
 
     def relocalise(self, descriptor: np.ndarray, k: int, local: Optional[LocalFeatures] = None,
                    camera: Optional[CameraModel] = None, depth: Optional[np.ndarray] = None) -> List[Candidate]:

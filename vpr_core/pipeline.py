@@ -180,6 +180,7 @@ class PlaceRecognizer:
         t0 = time.perf_counter()
         with self._lock:
             result = self.detector.decide(pending)
+        result = self.detector.decide_fleet(pending, result)  # outside the lock: the next frame's model may run
         result.place_match.latency_ms = pending.busy_ms + (time.perf_counter() - t0) * 1e3
         s = self.stats
         s.frames += 1
