@@ -173,7 +173,8 @@ def resolve_config(path: Path) -> Optional[Path]:
 
 def run_zoo(configs: List[Path], ds, ks: List[int], out: Path, raw: bool = False,
             overrides: Optional[dict] = None) -> int:
-    from offline_eval.zoo import zoo_json, zoo_row, zoo_table
+    from offline_eval.report import zoo_json, zoo_table
+    from offline_eval.zoo import zoo_row
 
     print(f"{ds.name}: {len(ds.database)} database images, {len(ds.queries)} queries; {len(configs)} configs")
     base = run_raw_pixels(ds) if raw else None

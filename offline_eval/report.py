@@ -1,5 +1,6 @@
-"""Benchmark output: a plain-text table (with ratios against the baseline measured in the same
-run), a JSON record, and figures: Recall@K curves, precision-recall curves and an example-match sheet."""
+"""Benchmark output, every writer in one place: plain-text tables (paths with ratios against the baseline
+measured in the same run; the model zoo), JSON records, and figures: Recall@K curves, precision-recall
+curves and an example-match sheet."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from offline_eval.protocol import PathResult
+from offline_eval.zoo import ZooRow, config_label
 from offline_eval.landmarks import as_json
 from vpr_core.metrics import RECALL_KS, recall_at_k, retrieval_pr
 
@@ -60,6 +62,30 @@ def save_json(results: Sequence[PathResult], path: Path, positives: Optional[Seq
          **({"landmarks": as_json(r.landmarks)} if r.landmarks else {}),
          **({"recall_global": r.recall_global, "rerank_ms": r.rerank_ms} if r.recall_global else {})}
         for r in results]}, indent=2))
+    return path
+
+
+def zoo_table(rows: Sequence[ZooRow], title: str, baseline: Optional[PathResult] = None) -> str:
+    """One line per config; R@1 and R@5 after re-ranking and ms per query for every K measured; the
+    raw-pixel baseline of the same run last, when given."""
+    ks = sorted({k for r in rows for k in r.reranked}) or [20, 100]
+    head = (f"{'config':<34}{'dim':>6}{'img/s b1':>10}{'img/s b16':>10}{'R@1':>7}{'R@5':>7}"
+            + "".join(f"{f'R@1 rr{k}':>10}{f'R@5 rr{k}':>10}{'ms/q':>8}" for k in ks) + "  weights")
+    lines = [title, head, "-" * len(head)]
+    for r in rows:
+        rr = "".join(f"{r.reranked[k][1]:>10.3f}{r.reranked[k].get(5, float('nan')):>10.3f}{r.rerank_ms[k]:>8.1f}"
+                     if k in r.reranked else f"{'-':>10}{'-':>10}{'-':>8}" for k in ks)
+        lines.append(f"{config_label(r.config):<34}{r.dim:>6}{r.ips_b1:>10.1f}{r.ips_b16:>10.1f}{r.recall[1]:>7.3f}"
+                     f"{r.recall[5]:>7.3f}{rr}  {r.weights}")
+    if baseline is not None:
+        rr = "".join(f"{'-':>10}{'-':>10}{'-':>8}" for _ in ks)
+        lines.append(f"{baseline.path:<34}{32 * 24:>6}{'-':>10}{'-':>10}{baseline.recall[1]:>7.3f}"
+                     f"{baseline.recall[5]:>7.3f}{rr}  none ({baseline.seconds:.1f} s for the whole dataset)")
+    return "\n".join(lines)
+
+
+def zoo_json(rows: Sequence[ZooRow], path: Path, **meta) -> Path:
+    path.write_text(json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=2))
     return path
 
 

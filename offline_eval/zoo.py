@@ -4,16 +4,15 @@ re-ranking for two-stage models, with the re-ranking time per query for each K a
 from __future__ import annotations
 
 import copy
-import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from offline_eval.direct import run_direct
-from offline_eval.protocol import PathResult, extract_dataset
+from offline_eval.protocol import extract_dataset
 from vpr_core.config import Config, load_config
 from vpr_core.datasets import PlaceDataset
 from vpr_core.images import load_image
@@ -97,27 +96,3 @@ def zoo_row(config_path: Path, ds: PlaceDataset, rerank_ks: Sequence[int] = (20,
             print(f"{config_label(config_path)}: R@1 {row.recall[1]:.3f} -> {res.recall[1]:.3f} after re-ranking "
                   f"the top {k} ({res.rerank_ms:.1f} ms per query)", flush=True)
     return row
-
-
-def zoo_table(rows: Sequence[ZooRow], title: str, baseline: Optional[PathResult] = None) -> str:
-    """One line per config; R@1 and R@5 after re-ranking and ms per query for every K measured; the
-    raw-pixel baseline of the same run last, when given."""
-    ks = sorted({k for r in rows for k in r.reranked}) or [20, 100]
-    head = (f"{'config':<34}{'dim':>6}{'img/s b1':>10}{'img/s b16':>10}{'R@1':>7}{'R@5':>7}"
-            + "".join(f"{f'R@1 rr{k}':>10}{f'R@5 rr{k}':>10}{'ms/q':>8}" for k in ks) + "  weights")
-    lines = [title, head, "-" * len(head)]
-    for r in rows:
-        rr = "".join(f"{r.reranked[k][1]:>10.3f}{r.reranked[k].get(5, float('nan')):>10.3f}{r.rerank_ms[k]:>8.1f}"
-                     if k in r.reranked else f"{'-':>10}{'-':>10}{'-':>8}" for k in ks)
-        lines.append(f"{config_label(r.config):<34}{r.dim:>6}{r.ips_b1:>10.1f}{r.ips_b16:>10.1f}{r.recall[1]:>7.3f}"
-                     f"{r.recall[5]:>7.3f}{rr}  {r.weights}")
-    if baseline is not None:
-        rr = "".join(f"{'-':>10}{'-':>10}{'-':>8}" for _ in ks)
-        lines.append(f"{baseline.path:<34}{32 * 24:>6}{'-':>10}{'-':>10}{baseline.recall[1]:>7.3f}"
-                     f"{baseline.recall[5]:>7.3f}{rr}  none ({baseline.seconds:.1f} s for the whole dataset)")
-    return "\n".join(lines)
-
-
-def zoo_json(rows: Sequence[ZooRow], path: Path, **meta) -> Path:
-    path.write_text(json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=2))
-    return path

@@ -39,7 +39,8 @@ def test_zoo_table_shows_re_ranked_r5_and_the_raw_pixel_baseline_with_its_time(c
     """Everything zoo.json holds is in the printed table too: re-ranked R@5 per K and the raw-pixel
     baseline of the same run, whose time is measured (it used to read 0.0 s)."""
     from offline_eval.baselines import run_raw_pixels
-    from offline_eval.zoo import ZooRow, zoo_table
+    from offline_eval.report import zoo_table
+    from offline_eval.zoo import ZooRow
     from vpr_core.datasets import load_dataset
     base = run_raw_pixels(load_dataset(corridor_root))
     assert base.seconds > 0 and 0 < base.recall[1] < 1
