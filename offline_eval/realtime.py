@@ -127,7 +127,7 @@ def node_row(case: str, cfg: Config, bag: Path, rate: float, out: Path) -> NodeR
 def print_forward(rows: List[ForwardRow], rounds: int) -> None:
     base = next((r for r in rows if r.runtime == "torch" and not r.error), None)
     print(f"\nForward pass, 1 image and 16 images (median of {rounds} rounds; ratio = eager torch / runtime)")
-    print(f"| runtime | batch 1 ms | vs torch | batch 16 img/s | vs torch |\n|---|---|---|---|---|")
+    print("| runtime | batch 1 ms | vs torch | batch 16 img/s | vs torch |\n|---|---|---|---|---|")
     for r in rows:
         if r.error:
             print(f"| {r.runtime} | - | - | - | - | ({r.error})")
