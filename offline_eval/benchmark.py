@@ -173,7 +173,7 @@ def resolve_config(path: Path) -> Optional[Path]:
 
 def run_zoo(configs: List[Path], ds, ks: List[int], out: Path, raw: bool = False,
             overrides: Optional[dict] = None) -> int:
-    from offline_eval.report import zoo_json, zoo_table
+    from offline_eval.report import plot_zoo, zoo_json, zoo_table
     from offline_eval.zoo import zoo_row
 
     print(f"{ds.name}: {len(ds.database)} database images, {len(ds.queries)} queries; {len(configs)} configs")
@@ -190,7 +190,8 @@ def run_zoo(configs: List[Path], ds, ks: List[int], out: Path, raw: bool = False
         print(zoo_table(rows[-1:], f"{path}"))
     print(zoo_table(rows, f"model zoo on {ds.name} ({len(ds.queries)} queries)", base))
     baseline = {"recall": base.recall, "seconds": base.seconds} if base is not None else None
-    print(f"wrote {zoo_json(rows, out / 'zoo.json', dataset=str(ds.root), queries=len(ds.queries), raw_pixels=baseline)}")
+    print(f"wrote {zoo_json(rows, out / 'zoo.json', dataset=str(ds.root), queries=len(ds.queries), raw_pixels=baseline)}"
+          + (f" and {plot_zoo(rows, out / 'zoo_recall.png', f'{ds.name}: Recall@N per config')}" if rows else ""))
     return 0 if len(rows) == len(configs) else 1
 
 

@@ -89,6 +89,25 @@ def zoo_json(rows: Sequence[ZooRow], path: Path, **meta) -> Path:
     return path
 
 
+def plot_zoo(rows: Sequence[ZooRow], path: Path, title: str) -> Path:
+    """Recall@N curves of several model configs on one plot (global descriptor, same dataset and run)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for r in rows:
+        ks = sorted(int(k) for k in r.curve)
+        ax.plot(ks, [r.curve[k] for k in ks], marker=".", label=f"{config_label(r.config)} ({r.dim}-D)")
+    ax.set(xlabel="N", ylabel="Recall@N", title=title, ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_recall(results: Sequence[PathResult], positives: List[np.ndarray], path: Path, title: str) -> Path:
     import matplotlib
     matplotlib.use("Agg")

@@ -16,6 +16,7 @@ from offline_eval.protocol import extract_dataset
 from vpr_core.config import Config, load_config
 from vpr_core.datasets import PlaceDataset
 from vpr_core.images import load_image
+from vpr_core.metrics import recall_at_k
 from vpr_core.models import DescriptorExtractor, build_model
 from vpr_core.models.weights import CheckpointError, resolve_checkpoint_path
 
@@ -37,6 +38,7 @@ class ZooRow:
     recall: Dict[int, float] = field(default_factory=dict)  # global descriptor only
     reranked: Dict[int, Dict[int, float]] = field(default_factory=dict)  # K -> recall after re-ranking
     rerank_ms: Dict[int, float] = field(default_factory=dict)  # K -> mean re-ranking time per query
+    curve: Dict[int, float] = field(default_factory=dict)  # Recall@N for N = 1..20, global descriptor only
 
 
 def _extractor(cfg: Config, ds: PlaceDataset) -> tuple[DescriptorExtractor, str]:
@@ -86,7 +88,9 @@ def zoo_row(config_path: Path, ds: PlaceDataset, rerank_ks: Sequence[int] = (20,
     two_stage = cfg.rerank.method != "none" and ex.has_local
     base = copy.deepcopy(cfg)
     base.rerank.method = "none"
-    row.recall = run_direct(base, ds, ex, progress=False, features=feats).recall
+    res = run_direct(base, ds, ex, progress=False, features=feats)
+    row.recall = res.recall
+    row.curve = recall_at_k(res.ranked, ds.positives, range(1, res.ranked.shape[1] + 1))
     for k in (rerank_ks if two_stage else ()):
         c = copy.deepcopy(cfg)
         c.rerank.top_k = min(k, len(ds.database))

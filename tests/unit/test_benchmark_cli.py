@@ -156,3 +156,16 @@ def test_a_pair_list_is_scored_with_roc_auc_and_accuracy(corridor_root, tmp_path
     with pytest.raises(SystemExit):
         main([str(pairs), "--stride", "2"])
     assert "pair list" in capsys.readouterr().err
+
+
+def test_zoo_mode_measures_each_config_and_plots_their_recall_curves_together(corridor_root, tmp_path, capsys):
+    """A real zoo run: speed, Recall@1/5 and the Recall@1..20 curve per config, one table, zoo.json and one plot."""
+    out = tmp_path / "zoo"
+    assert main([str(corridor_root), "--zoo", "config/default.yaml", "--out", str(out)]) == 0
+    rows = json.loads((out / "zoo.json").read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["recall"]["1"] == pytest.approx(0.676, abs=1e-3)
+    curve = rows[0]["curve"]
+    assert list(curve) == [str(k) for k in range(1, 21)] and curve["1"] == rows[0]["recall"]["1"]
+    assert all(a <= b for a, b in zip(list(curve.values()), list(curve.values())[1:]))  # Recall@N never falls
+    assert (out / "zoo_recall.png").read_bytes()[:4] == b"\x89PNG"
+    assert "model zoo on corridor" in capsys.readouterr().out
