@@ -60,6 +60,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="also score descriptors computed elsewhere (repeat to compare several side by side in one "
                          "table and one plot): one row per query / database image of the whole "
                          "dataset, in its order (vpr-core extract writes them)")
+    ap.add_argument("--efficient-ram", action="store_true",
+                    help="for large databases: the map keeps local features beyond 512 MB in a spill file "
+                         "(map.max_local_mb, unless set), and descriptors extracted in batches go to memory-mapped "
+                         "files under --out instead of memory")
     ap.add_argument("--out", type=Path, help="folder for results.json, recall.png and the bags (default: runs/<time>)")
     args = ap.parse_args(argv)
     if Path(args.dataset).is_file():
@@ -75,6 +79,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             ap.error("--config has no effect with --zoo: list every config to compare after --zoo")
         if "replay" in paths:
             ap.error("--zoo compares configs on the direct path only: --paths direct or direct,raw")
+        if args.efficient_ram:
+            ap.error("--efficient-ram applies to the paths of one config, not to --zoo")
         missing = [str(p) for p in args.zoo if resolve_config(p) is None]
         if missing:
             print(f"vpr-benchmark: config file(s) not found (looked relative to the current folder and to "
@@ -90,6 +96,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     out = args.out or Path("runs") / time.strftime("benchmark-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
+    if args.efficient_ram and not cfg.map.max_local_mb:
+        cfg.map.max_local_mb = 512
     if args.zoo:
         return run_zoo(args.zoo, ds, [int(k) for k in args.rerank_k.split(",") if k.strip()], out, "raw" in paths,
                        parse_overrides(args.set))
@@ -112,7 +120,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         results.append(run_direct(cfg, ds, extractor=extractor))
         if ds.revisited is not None:  # mAP needs every database image ranked: from the descriptors, exactly
             from offline_eval.landmarks import landmark_scores, query_descriptors
-            db = extract_dataset(extractor, ds, cache=default_cache()).database.global_desc
+            db = extract_dataset(extractor, ds, cache=None if args.efficient_ram else default_cache(),
+                                 memmap=out if args.efficient_ram else None).database.global_desc
             results[-1].landmarks = landmark_scores(query_descriptors(extractor, ds), db, ds.revisited)
     if "replay" in paths:
         from offline_eval.replay import run_replay  # needs rclpy and vpr_msgs

@@ -75,10 +75,11 @@ class DatasetFeatures:
 
 
 def extract_dataset(ex: DescriptorExtractor, ds: PlaceDataset, progress: bool = True,
-                    cache: Optional[Path] = None) -> DatasetFeatures:
+                    cache: Optional[Path] = None, memmap: Optional[Path] = None) -> DatasetFeatures:
     """Run the model over the database and the queries in batches of `model.batch_size`. With `cache`
     (a folder; offline_eval.feature_cache), features extracted before by the same model from the same
-    files are read instead."""
+    files are read instead. With `memmap` (a folder) the global descriptors are written batch by batch into
+    memory-mapped `<database|queries>_global.npy` files there instead of being gathered in memory."""
     from offline_eval.feature_cache import feature_key, load_features, save_features
 
     def run(paths, what: str) -> Extracted:
@@ -93,16 +94,21 @@ def extract_dataset(ex: DescriptorExtractor, ds: PlaceDataset, progress: bool = 
 
     def extract(paths, what: str) -> Extracted:
         bs = max(1, ex.cfg.batch_size)
-        parts: List[Extracted] = []
+        glob = np.zeros((len(paths), ex.dim), np.float32) if memmap is None else \
+            np.lib.format.open_memmap(Path(memmap) / f"{what}_global.npy", "w+", np.float32, (len(paths), ex.dim))
+        local: List = []
+        contrast = np.zeros(len(paths), np.float32)
+        at = 0
         for images, errors in tqdm(iter_image_batches(paths, bs), total=-(-len(paths) // bs),
                                    desc=f"extract {what}", disable=not progress):
             if errors:  # a benchmark scores every image: a skipped one would shift the ground truth
                 raise errors[0]
-            parts.append(ex.extract(images, with_local=ex.has_local))
-        glob = np.concatenate([p.global_desc for p in parts]) if parts else np.zeros((0, ex.dim), np.float32)
-        local = [lf for p in parts for lf in p.local] if ex.has_local else None
-        contrast = np.concatenate([p.contrast for p in parts]) if parts else np.zeros(0, np.float32)
-        return Extracted(glob, local, contrast)
+            out = ex.extract(images, with_local=ex.has_local)
+            glob[at:at + len(images)] = out.global_desc
+            contrast[at:at + len(images)] = out.contrast
+            local += out.local if ex.has_local else []
+            at += len(images)
+        return Extracted(glob, local if ex.has_local else None, contrast)
     return DatasetFeatures(run(ds.database, "database"), run(ds.queries, "queries"))
 
 

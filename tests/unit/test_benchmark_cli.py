@@ -169,3 +169,31 @@ def test_zoo_mode_measures_each_config_and_plots_their_recall_curves_together(co
     assert all(a <= b for a, b in zip(list(curve.values()), list(curve.values())[1:]))  # Recall@N never falls
     assert (out / "zoo_recall.png").read_bytes()[:4] == b"\x89PNG"
     assert "model zoo on corridor" in capsys.readouterr().out
+
+
+def test_efficient_ram_spills_local_features_and_scores_the_same(corridor_root, tmp_path, capsys, repo_root):
+    """--efficient-ram with a re-ranking config: local features beyond the budget wait on disk, the same
+    Recall@N comes out; refused in zoo mode."""
+    rerank = str(repo_root / "config" / "default_rerank.yaml")
+    args = [str(corridor_root), "--config", rerank, "--paths", "direct"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert main(args + ["--efficient-ram", "--set", "map.max_local_mb=1", "--out", str(tmp_path / "b")]) == 0
+    plain, lean = ({r["path"]: r for r in json.loads((tmp_path / d / "results.json").read_text())["results"]}["direct"]
+                   for d in ("a", "b"))
+    assert lean["recall"] == plain["recall"] and lean["recall_global"] == plain["recall_global"]
+    with pytest.raises(SystemExit):
+        main([str(corridor_root), "--zoo", "config/default.yaml", "--efficient-ram"])
+
+
+def test_extracted_descriptors_can_live_in_a_memory_mapped_file(corridor_root, tmp_path, default_extractor):
+    import numpy as np
+
+    from offline_eval.protocol import extract_dataset
+    from vpr_core.datasets import load_dataset
+    ds = load_dataset(corridor_root).head(20)
+    held = extract_dataset(default_extractor, ds, progress=False)
+    mapped = extract_dataset(default_extractor, ds, progress=False, memmap=tmp_path)
+    assert isinstance(mapped.database.global_desc, np.memmap)
+    assert np.allclose(mapped.database.global_desc, held.database.global_desc, atol=1e-6)
+    assert np.array_equal(np.load(tmp_path / "queries_global.npy"), mapped.queries.global_desc)
+    assert np.array_equal(mapped.database.contrast, held.database.contrast)
