@@ -28,7 +28,7 @@ from vpr_core.local_features import DescriptorError, LocalFeatures, LocalFeature
 from vpr_core.map_file import (DEFAULT_MAX_BYTES, INDEX_MEMBER, LOCAL_MEMBER, MAGIC, META_MEMBER, VERSION, MapError,
                                read_map_file, write_map_file)
 from vpr_core.map_index import INDEX_TYPES, search_parameters
-from vpr_core.map_ivf import IvfSettings, configure, lists_due, rebuild
+from vpr_core.map_ivf import IvfSettings, configure, is_ivf, lists_due, rebuild
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,16 @@ class MapDatabase:
         self._position[keyframe.id] = n
         self._order.append(keyframe.id)
         self._regrow()
+
+    @property
+    def ivf_lists(self) -> int:
+        """How many lists an IVF map's index has now (1 until trained); 0 for the other index types."""
+        return faiss.downcast_index(self._cpu_index.index).nlist if is_ivf(self._cpu_index) else 0
+
+    def set_ivf(self, settings: IvfSettings) -> None:
+        """Adopt new IVF settings: nprobe applies from the next search, training thresholds from the next add."""
+        self.ivf = settings
+        configure(self._cpu_index, settings)
 
     def _regrow(self) -> None:
         """Train or rebuild an IVF index once the map has grown enough (vpr_core.map_ivf; seconds for a big map,
