@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import faiss
 import numpy as np
@@ -63,14 +63,20 @@ class SpeedRow:
 
 def filler(real: np.ndarray, n: int, noise: float = 0.05, seed: int = 0) -> np.ndarray:
     """n unit descriptors: the real ones repeated, each copy moved by a little noise (float32)."""
-    rng = np.random.default_rng(seed)
     out = np.empty((n, real.shape[1]), np.float32)
+    for a, chunk in filler_chunks(real, n, noise, seed):
+        out[a:a + len(chunk)] = chunk
+    return out
+
+
+def filler_chunks(real: np.ndarray, n: int, noise: float = 0.05, seed: int = 0) -> Iterator[Tuple[int, np.ndarray]]:
+    """`filler`, 65536 descriptors at a time as (first index, chunk): the same values, never all in memory."""
+    rng = np.random.default_rng(seed)
     for a in range(0, n, 65536):
         b = min(n, a + 65536)
         x = real[np.arange(a, b) % len(real)] + noise * rng.standard_normal((b - a, real.shape[1]), np.float32) \
             / np.sqrt(real.shape[1])
-        out[a:b] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+        yield a, (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def _timed(fn, queries: np.ndarray) -> np.ndarray:
@@ -252,6 +258,61 @@ def recall_rows(features: Dict[str, tuple], options: Sequence[str], distractors:
     return out
 
 
+def large_rows(features: Dict[str, tuple], n: int, options: Sequence[str], k: int, count: int, window_s: float,
+               nprobes: Sequence[int], ivf: IvfSettings, progress: bool) -> List[dict]:
+    """Maps too big to hold twice (`--large`): per dataset, `n` distractors of the other dataset streamed into
+    each option's map (never all in memory), then the database; its Recall@1 against exact search (numpy over
+    the same stream, batched), at each nprobe, and the search time with the exclusion windows."""
+    rows = []
+    window_ns = int(window_s * 1e9)
+    for name, (db_desc, q_desc, positives) in features.items():
+        other = np.concatenate([np.concatenate(f[:2]) for o, f in features.items() if o != name])
+        best = (q_desc @ db_desc.T).max(axis=1)  # exact top-1: database best unless a distractor beats it
+        beaten = np.zeros(len(q_desc), bool)
+        for _, chunk in filler_chunks(other, n, seed=3):
+            beaten |= (chunk @ q_desc.T).max(axis=0) > best
+        exact_ids = np.where(beaten, -1, np.argmax(q_desc @ db_desc.T, axis=1))[:, None]
+        exact = recall_at_k(exact_ids, positives, (1,))[1]
+        for option in options:
+            db = MapDatabase(db_desc.shape[1], option, "false", ivf=ivf)
+            t0, longest = time.perf_counter(), 0.0
+            for a, chunk in tqdm(filler_chunks(other, n, seed=3), total=-(-n // 65536), desc=f"{name} {option}",
+                                 disable=not progress):
+                for j, d in enumerate(chunk):
+                    t1 = time.perf_counter()
+                    db.add(d, Keyframe(len(db_desc) + a + j, (len(db) + 1) * PERIOD_NS))
+                    longest = max(longest, time.perf_counter() - t1)
+            for i, d in enumerate(db_desc):
+                db.add(d, Keyframe(i, (len(db) + 1) * PERIOD_NS))
+            build = time.perf_counter() - t0
+            stamp = (len(db) + 1) * PERIOD_NS
+            ms = _timed(lambda q: db.search(q, k, stamp, count, window_ns), q_desc)
+            row = {"keyframes": len(db), "dataset": name, "option": option, "build_s": build,
+                   "longest_add_ms": longest * 1e3, "lists": db.ivf_lists, "median_ms": float(np.median(ms)),
+                   "p95_ms": float(np.percentile(ms, 95)), "bytes_per_kf": len(faiss.serialize_index(db._cpu_index)) / len(db),
+                   "exact": exact, "recall": {}}
+            for p in [db.ivf.nprobe, *nprobes]:
+                db.set_ivf(replace(db.ivf, nprobe=p))
+                ranked = np.array([[c.id for c in db.search(q, 1)] for q in q_desc], np.int64)
+                row["recall"][p] = recall_at_k(ranked, positives, (1,))[1]
+            rows.append(row)
+            db = None
+    return rows
+
+
+def print_large(rows: List[dict], k: int, count: int, window_s: float) -> None:
+    print(f"\nLarge crowded maps (distractors streamed in first, then the database; search: the dataset's queries, "
+          f"top {k}, excluding the last {count} and those within {window_s:g} s; Recall@1 vs exact search)")
+    probes = sorted({p for r in rows for p in r["recall"]})
+    print("| keyframes | dataset | option | lists | build s | longest add ms | median ms | p95 ms | bytes / keyframe | "
+          "R@1 exact | " + " | ".join(f"R@1 nprobe {p}" for p in probes) + " |")
+    print("|" + "---|" * (10 + len(probes)))
+    for r in rows:
+        print(f"| {r['keyframes']:,} | {r['dataset']} | {r['option']} | {r['lists']} | {r['build_s']:.0f} | "
+              f"{r['longest_add_ms']:,.0f} | {r['median_ms']:.2f} | {r['p95_ms']:.2f} | {r['bytes_per_kf']:,.0f} | "
+              f"{r['exact']:.3f} | " + " | ".join(f"{r['recall'][p]:.3f}" if p in r["recall"] else "-" for p in probes) + " |")
+
+
 def print_speed(rows: List[SpeedRow], k: int, count: int, window_s: float) -> None:
     print(f"\nSearch at one query per call, top {k}, excluding the last {count} keyframes and those within "
           f"{window_s:g} s (keyframes at 10 Hz; ms; ratios = baseline's median / option's, same map, same run)")
@@ -291,6 +352,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--queries", type=int, default=200, help="queries timed per map")
     ap.add_argument("--distractors", type=int, default=100_000,
                     help="Recall@1 again with this many distractor keyframes in the map (0 = skip)")
+    ap.add_argument("--large", type=int, default=0, help="only the streamed crowded-map table (large_rows) at this "
+                    "many distractors, for the --options given (the IVF ones: no second copy of the map is held)")
     ap.add_argument("--nprobes", default="16,32,64,128", help="IVF options' recall again at each of these nprobe")
     ap.add_argument("--io", default="20000:local,100000",
                     help="save/load table: KEYFRAMES[:local],... ('' = skip); local = with local features")
@@ -319,6 +382,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"{len(real)} real descriptors ({ex.dim}-D, {cfg.model.name}); FAISS threads {faiss.omp_get_max_threads()}")
     nprobes = [int(p) for p in args.nprobes.split(",") if p.strip()]
     ivf = IvfSettings(cfg.map.ivf_nprobe, cfg.map.ivf_train_at, cfg.map.ivf_regrow)
+    if args.large:
+        print_large(large_rows(features, args.large, options, k, d.exclude_recent_count, d.exclude_recent_s, nprobes,
+                               ivf, progress), k, d.exclude_recent_count, d.exclude_recent_s)
+        return 0
     print_recall(recall_rows(features, options, nprobes=nprobes, ivf=ivf))
     for first in (False, True) if args.distractors else ():
         print_recall(recall_rows(features, options, args.distractors, progress, first, nprobes, ivf),
