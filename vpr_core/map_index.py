@@ -1,9 +1,10 @@
 """The map's FAISS index types: how each is built, and how its serialized bytes are checked before FAISS reads them.
 
 `faiss.deserialize_index` trusts the length fields inside the bytes (it allocates what they claim before
-reading) and an HNSW graph's neighbour ids (a bad one is an out-of-bounds read at search time). So a map
-file's index is walked here first, for the layouts this package writes, and every length, id and level is
-checked against the header's descriptor size and count; only then does FAISS see it.
+reading) and an HNSW graph's neighbour ids (a bad one is an out-of-bounds read at search time), and an IVF
+index's list numbers, list ids and direct map (reconstruction and search index through them unchecked). So a
+map file's index is walked here first, for the layouts this package writes, and every length, id, level and
+list entry is checked against the header's descriptor size and count; only then does FAISS see it.
 """
 from __future__ import annotations
 

@@ -170,3 +170,20 @@ def test_ivf_recall_in_a_crowded_map_is_within_a_point_of_exact_search(real_feat
         for index in IVF:
             assert by[index] >= by["flat"] - 0.01, (name, by)
     assert min(got[n][f"{i} nprobe 1"] - got[n]["flat"] for n in got for i in IVF) <= -0.02, got
+
+
+def test_the_pipeline_makes_and_loads_ivf_maps_with_the_configured_settings(default_extractor, corridor_images,
+                                                                            tmp_path):
+    from vpr_core.config import load_config
+    from vpr_core.pipeline import PlaceRecognizer
+    cfg = load_config(overrides={"map.index": "ivf_fp16", "map.ivf_nprobe": 7, "map.ivf_train_at": 100,
+                                 "map.ivf_regrow": 3.0, "map.use_gpu": "false"})
+    pr = PlaceRecognizer(cfg, extractor=default_extractor)
+    assert pr.db.index_type == "ivf_fp16" and pr.db.ivf == IvfSettings(7, 100, 3.0) and pr.db.ivf_lists == 1
+    for i, d in enumerate(default_extractor(corridor_images)):
+        pr.db.add(d, Keyframe(i, (i + 1) * PERIOD))
+    saved = pr.save_map(tmp_path / "m.vprmap")
+    other = PlaceRecognizer(load_config(overrides={"map.index": "ivf_fp16", "map.ivf_nprobe": 11,
+                                                   "map.use_gpu": "false"}), extractor=default_extractor)
+    assert other.load_map(saved) == 4
+    assert other.db.ivf.nprobe == 11 and faiss.downcast_index(other.db._cpu_index.index).nprobe == 11
