@@ -64,6 +64,8 @@ class MapConfig:
     ivf_nprobe: int = 64  # ivf_*: lists scanned per search (more = closer to exact search, slower)
     ivf_train_at: int = 8192  # ivf_*: keyframes before the lists are first trained (exact search until then)
     ivf_regrow: float = 2.0  # ivf_*: retrain (seconds at 100k+, logged) when the map has grown this many times
+    ivf_background_rebuild: bool = True  # ivf_*: retrain in a worker thread on a copy of the index (the frame
+    #                                      that starts it waits for the copy only; false = it waits for all of it)
     use_gpu: str = "auto"  # auto | true | false (YAML booleans accepted): FAISS GPU index when usable
     path: str = ""  # map file for the save/load services, autoload and autosave ("" = none)
     autoload: bool = True  # load `path` on start when the file exists

@@ -18,7 +18,7 @@ import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import faiss
 import numpy as np
@@ -28,7 +28,7 @@ from vpr_core.local_features import DescriptorError, LocalFeatures, LocalFeature
 from vpr_core.map_file import (DEFAULT_MAX_BYTES, INDEX_MEMBER, LOCAL_MEMBER, MAGIC, META_MEMBER, VERSION, MapError,
                                read_map_file, write_map_file)
 from vpr_core.map_index import INDEX_TYPES, search_parameters
-from vpr_core.map_ivf import IvfSettings, configure, is_ivf, lists_due, rebuild
+from vpr_core.map_ivf import IvfSettings, PendingRebuild, configure, is_ivf, lists_due, rebuild
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,8 @@ class MapDatabase:
             if self.index_type == "flat":
                 self._index = faiss.index_cpu_to_all_gpus(self._cpu_index)
         self.on_gpu = self._index is not self._cpu_index
+        self._rebuilding: Optional[PendingRebuild] = None  # an IVF rebuild running in the background
+        self._rebuild_after = 0  # after a failed rebuild: map size before which none is tried again
         self._position: Dict[int, int] = {kid: p for p, kid in enumerate(self._order)}  # id -> insertion position
         self._reindex_stamps()
 
@@ -194,12 +196,40 @@ class MapDatabase:
         configure(self._cpu_index, settings)
 
     def _regrow(self) -> None:
-        """Train or rebuild an IVF index once the map has grown enough (vpr_core.map_ivf; seconds for a big map,
-        logged); the keyframe just added is in the index either way."""
-        nlist = lists_due(self._cpu_index, self.ivf)
-        if nlist:
-            self._cpu_index = rebuild(self._cpu_index, nlist)
-            self._index = self._cpu_index  # IVF maps stay on the CPU (see __post_init__)
+        """Train or rebuild an IVF index once the map has grown enough (vpr_core.map_ivf: seconds for a big map,
+        logged): in a worker thread, adopted by the first add after it is done, or here and now."""
+        if self._rebuilding is not None:
+            if self._rebuilding.done():
+                self.wait_rebuild()
+            return
+        nlist = lists_due(self._cpu_index, self.ivf) if len(self) >= self._rebuild_after else 0
+        if nlist and self.ivf.background:
+            self._adopt(lambda: PendingRebuild(self._cpu_index, nlist), pending=True)
+        elif nlist:
+            self._adopt(lambda: rebuild(self._cpu_index, nlist))
+
+    def wait_rebuild(self) -> None:
+        """Finish a background IVF rebuild now, if one runs (it is adopted with every keyframe added meanwhile)."""
+        pending, self._rebuilding = self._rebuilding, None
+        if pending is not None:
+            self._adopt(lambda: pending.finish(self._cpu_index))
+
+    def _adopt(self, make: Callable[[], Any], pending: bool = False) -> None:
+        """Make the rebuilt index (or, `pending`, start its background rebuild) and take it. A rebuild that fails
+        (e.g. out of memory) is logged and not tried again until the map has grown `ivf.regrow` times more: the
+        keyframe was added and the old index is intact, so the map goes on with it."""
+        try:
+            made = make()
+        except Exception as exc:  # noqa: BLE001 -- the add that triggered it must not fail
+            self._rebuild_after = int(len(self) * self.ivf.regrow)
+            log.error("IVF map rebuild failed (%s: %s); the map keeps its %d lists until it has %d keyframes",
+                      type(exc).__name__, exc, self.ivf_lists, self._rebuild_after)
+            return
+        if pending:
+            self._rebuilding = made
+            return
+        configure(made, self.ivf)  # the settings as they are now (set_ivf may have run meanwhile)
+        self._cpu_index = self._index = made  # IVF maps stay on the CPU (see __post_init__)
 
     def local_features(self, kid: int) -> Optional[LocalFeatures]:
         """The stored local features of keyframe `kid`, or None."""
@@ -278,7 +308,7 @@ class MapDatabase:
     def freeze(self) -> "FrozenMap":
         """What a save needs, taken quickly (hold the map's lock for this only): the FAISS bytes and
         references to the keyframes and their local features, which are never modified once added."""
-        order = list(self._order)
+        order = list(self._order)  # a background IVF rebuild is not waited for: the current index is complete
         return FrozenMap(self.dim, self.index_type, self.model, self.next_id,
                          faiss.clone_index(self._cpu_index),  # 2.6x faster than serialising it; host copy is current
                          order, [self.keyframes[i] for i in order], self.local.items(order), self.local.dim)
@@ -365,5 +395,6 @@ def merge_maps(first: MapDatabase, second: MapDatabase, assume_same_model: bool 
             moved = replace(kf, id=kf.id + shift, session=kf.session + sessions)
             out.add(descs[pos], moved, db.local.get(kid))
     out.id_floor = id_shift + second.next_id
+    out.wait_rebuild()
     return out
 

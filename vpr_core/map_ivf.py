@@ -10,17 +10,21 @@ lists never grow more than `regrow` times longer than when their centroids were 
 
 A rebuild keeps everything sequence matching relies on: keyframe i of the route stays at FAISS position i
 (the rebuild adds the stored descriptors back in position order), the id map is copied, and the direct map
-(position -> list, offset) lets `descriptors_at` read any keyframe's stored descriptor exactly. It runs in
-the caller's thread and blocks the map for its duration (k-means plus assigning every keyframe to a list:
-about 3 s at 100k keyframes on one core, see README); it is logged, and it happens only at each doubling.
+(position -> list, offset) lets `descriptors_at` read any keyframe's stored descriptor exactly. It takes
+seconds for a big map (k-means plus assigning every keyframe to a list: ~3.4 s at 65k keyframes on one core,
+README), so by default (`background`) it runs in a worker thread on a copy of the index (`PendingRebuild`:
+the adding frame waits only for the copy) while the map keeps adding to and searching the old index; the
+keyframes added meanwhile are moved over when it is adopted. Either way it is logged, and it comes only at
+each doubling.
 """
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import faiss
 import numpy as np
@@ -41,6 +45,7 @@ class IvfSettings:
     nprobe: int = 64  # lists scanned per search: recall within 1 point of exact search on corridor/Nordland
     train_at: int = 8192  # keyframes before the first training (exact search up to there)
     regrow: float = 2.0  # retrain when the map has this many times the keyframes it was trained at
+    background: bool = True  # rebuild in a worker thread on a copy (False: in the adding thread, it waits)
 
     def __post_init__(self) -> None:
         if self.nprobe < 1:
@@ -129,11 +134,50 @@ def rebuild(index: faiss.IndexIDMap2, nlist: int) -> faiss.IndexIDMap2:
     inner = new_ivf(dim, _CODES_OF[type(old)], kmeans.centroids)
     inner.nprobe = old.nprobe
     out = faiss.IndexIDMap2(inner)
-    ids = faiss.vector_to_array(index.id_map)
-    for a in range(0, n, MOVE_CHUNK):  # position order: keyframe p lands at position p again
-        pos = np.arange(a, min(n, a + MOVE_CHUNK))
-        out.add_with_ids(old.reconstruct_batch(pos), ids[pos])
+    move(index, out, 0)
     log.info("IVF map rebuilt: %d keyframes into %d lists (was %d) in %.1f s (k-means %.1f s, moving %.1f s)",
              n, nlist, old.nlist, time.perf_counter() - t0, t1 - t0, time.perf_counter() - t1)
     return out
+
+
+def move(src: faiss.IndexIDMap2, dst: faiss.IndexIDMap2, start: int) -> None:
+    """Add `src`'s keyframes from position `start` on to `dst`, in position order with their ids (keyframe p
+    lands at position p again when `dst` holds the first `start`)."""
+    inner, n = faiss.downcast_index(src.index), src.ntotal
+    ids = faiss.vector_to_array(src.id_map)
+    for a in range(start, n, MOVE_CHUNK):
+        pos = np.arange(a, min(n, a + MOVE_CHUNK))
+        dst.add_with_ids(inner.reconstruct_batch(pos), ids[pos])
+
+
+class PendingRebuild:
+    """A rebuild running in a worker thread on a copy of the map's index as it was at `size` keyframes (FAISS
+    releases the GIL, so the map keeps adding and searching meanwhile); `finish` adopts it."""
+
+    def __init__(self, index: faiss.IndexIDMap2, nlist: int) -> None:
+        self.size = index.ntotal
+        snapshot = faiss.clone_index(index)  # the worker never touches the live index, which keeps growing
+        self._result: Optional[faiss.IndexIDMap2] = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(snapshot, nlist), name="ivf-rebuild", daemon=True)
+        self._thread.start()
+
+    def _run(self, snapshot: faiss.IndexIDMap2, nlist: int) -> None:
+        try:
+            self._result = rebuild(snapshot, nlist)
+        except BaseException as exc:  # noqa: BLE001 -- reported by finish(), in the map's thread
+            self._error = exc
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def finish(self, live: faiss.IndexIDMap2) -> faiss.IndexIDMap2:
+        """Wait for the worker, then move the keyframes `live` gained since the copy into the rebuilt index and
+        return it; raises what the rebuild raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        out, self._result = self._result, None
+        move(live, out, self.size)
+        return out
 

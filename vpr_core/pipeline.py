@@ -240,7 +240,7 @@ class PlaceRecognizer:
     def _ivf_settings(self) -> IvfSettings:
         """The IVF map types' search and training settings from the config's map section."""
         m = self.cfg.map
-        return IvfSettings(m.ivf_nprobe, m.ivf_train_at, m.ivf_regrow)
+        return IvfSettings(m.ivf_nprobe, m.ivf_train_at, m.ivf_regrow, m.ivf_background_rebuild)
 
     def record_stage(self, stage: str, ms: float) -> None:
         """Time spent outside the pipeline on a processed frame (the node's image decoding)."""

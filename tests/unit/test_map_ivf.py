@@ -4,6 +4,8 @@ corridor / Nordland descriptors, in a map crowded with the other dataset, recall
 search (while too few lists scanned measurably loses it: the test can fail)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import faiss
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from vpr_core.map_ivf import IvfSettings, lists_for, trained_size
 
 IVF = ["ivf_flat", "ivf_fp16"]
 TOL = {"ivf_flat": 1e-6, "ivf_fp16": 2e-3}  # stored descriptor vs added one (float16 rounding)
-SMALL = IvfSettings(nprobe=4, train_at=200, regrow=2.0)
+SMALL = IvfSettings(nprobe=4, train_at=200, regrow=2.0, background=False)  # rebuilds at known sizes
 PERIOD = 100_000_000
 
 
@@ -91,7 +93,7 @@ def test_exclusion_windows_hold_inside_an_ivf_search(index):
         allowed = (np.arange(900) < 900 - count) & ~(np.abs(stamps - stamp) < window)
         scores = stored @ q
         best = np.sort(scores[allowed])[::-1][:20]
-        db.set_ivf(IvfSettings(nprobe=db.ivf_lists, train_at=SMALL.train_at))
+        db.set_ivf(replace(SMALL, nprobe=db.ivf_lists))
         got = db.search(q, 20, stamp, count, window)
         pos = np.array([db.position(c.keyframe.id) for c in got], np.int64)
         assert np.all(allowed[pos]) and np.allclose(scores[pos], best, atol=1e-5), trial  # brute force's top 20
@@ -179,7 +181,7 @@ def test_the_pipeline_makes_and_loads_ivf_maps_with_the_configured_settings(defa
     cfg = load_config(overrides={"map.index": "ivf_fp16", "map.ivf_nprobe": 7, "map.ivf_train_at": 100,
                                  "map.ivf_regrow": 3.0, "map.use_gpu": "false"})
     pr = PlaceRecognizer(cfg, extractor=default_extractor)
-    assert pr.db.index_type == "ivf_fp16" and pr.db.ivf == IvfSettings(7, 100, 3.0) and pr.db.ivf_lists == 1
+    assert pr.db.index_type == "ivf_fp16" and pr.db.ivf == IvfSettings(7, 100, 3.0, True) and pr.db.ivf_lists == 1
     for i, d in enumerate(default_extractor(corridor_images)):
         pr.db.add(d, Keyframe(i, (i + 1) * PERIOD))
     saved = pr.save_map(tmp_path / "m.vprmap")
@@ -187,3 +189,55 @@ def test_the_pipeline_makes_and_loads_ivf_maps_with_the_configured_settings(defa
                                                    "map.use_gpu": "false"}), extractor=default_extractor)
     assert other.load_map(saved) == 4
     assert other.db.ivf.nprobe == 11 and faiss.downcast_index(other.db._cpu_index.index).nprobe == 11
+
+
+def test_a_background_rebuild_lets_the_map_add_and_search_then_adopts_every_keyframe(monkeypatch):
+    """The rebuild is held in its worker until released: meanwhile adds return and searches find the new
+    keyframes in the old lists; the first add after it is done adopts it, with what came meanwhile moved over."""
+    import threading
+
+    from vpr_core import map_ivf
+    release, real_rebuild = threading.Event(), map_ivf.rebuild
+
+    def held(index, nlist):
+        assert release.wait(30)
+        return real_rebuild(index, nlist)
+    monkeypatch.setattr(map_ivf, "rebuild", held)
+    x = _clustered(460, seed=9)
+    db = _map("ivf_flat", x[:389])  # trained at 200 in the adding thread (5 lists); the next is due at 390
+    db.set_ivf(replace(SMALL, background=True))
+    db.add(x[389], Keyframe(5 + 3 * 389, 390 * PERIOD))  # starts the rebuild, returns at once
+    assert db._rebuilding is not None and db.ivf_lists == 5
+    for i in range(390, 430):
+        db.add(x[i], Keyframe(5 + 3 * i, (i + 1) * PERIOD))
+        assert db.search(x[i], 1)[0].keyframe.id == 5 + 3 * i  # the old lists hold it
+    assert db.ivf_lists == 5
+    release.set()
+    db._rebuilding._thread.join(30)
+    db.add(x[430], Keyframe(5 + 3 * 430, 431 * PERIOD))  # adopts
+    assert db._rebuilding is None and db.ivf_lists == 10
+    for i in range(431, 460):
+        db.add(x[i], Keyframe(5 + 3 * i, (i + 1) * PERIOD))
+    assert np.allclose(db.descriptors_at(np.arange(460)), x, atol=1e-6)
+    assert faiss.vector_to_array(db._cpu_index.id_map).tolist() == [5 + 3 * p for p in range(460)]
+    assert [db.search(x[p], 1)[0].keyframe.id for p in range(0, 460, 23)] == [5 + 3 * p for p in range(0, 460, 23)]
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_failed_rebuild_keeps_the_map_and_waits_before_trying_again(monkeypatch, caplog, background):
+    from vpr_core import map_ivf
+    calls = []
+
+    def fails(index, nlist):
+        calls.append(index.ntotal)
+        raise MemoryError("no room for the new lists")
+    monkeypatch.setattr(map_ivf, "rebuild", fails)  # the worker's
+    monkeypatch.setattr("vpr_core.map_database.rebuild", fails)  # the adding thread's
+    x = _clustered(420, seed=10)
+    db = MapDatabase(64, "ivf_fp16", "false", ivf=replace(SMALL, background=background))
+    for i, d in enumerate(x):
+        db.add(d, Keyframe(i, (i + 1) * PERIOD))  # never raises
+        db.wait_rebuild()
+    assert calls == [200, 400] and db.ivf_lists == 1 and len(db) == 420  # tried at train_at, then at 2x that
+    assert "IVF map rebuild failed (MemoryError" in caplog.text
+    assert np.allclose(db.descriptors_at(np.arange(420)), x, atol=2e-3)
