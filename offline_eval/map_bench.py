@@ -94,9 +94,11 @@ def build_map(descs: np.ndarray, option: str, progress: bool = False) -> MapData
     return build_timed(descs, option, progress)[0]
 
 
-def build_timed(descs: np.ndarray, option: str, progress: bool = False) -> Tuple[MapDatabase, float]:
-    """`build_map`, and the longest single add in ms (what a camera waits for when the map rebuilds)."""
-    db = MapDatabase(descs.shape[1], option, "false")
+def build_timed(descs: np.ndarray, option: str, progress: bool = False,
+                ivf: IvfSettings = IvfSettings(background=False)) -> Tuple[MapDatabase, float]:
+    """`build_map`, and the longest single add in ms (IVF rebuilds in the adding thread by default, so it is
+    the longest rebuild: what a camera would wait for without the background rebuild)."""
+    db = MapDatabase(descs.shape[1], option, "false", ivf=ivf)
     longest = 0.0
     for i in tqdm(range(len(descs)), desc=f"build {option} {len(descs)}", disable=not progress, mininterval=2):
         t0 = time.perf_counter()
@@ -249,6 +251,7 @@ def recall_rows(features: Dict[str, tuple], options: Sequence[str], distractors:
                 for j in tqdm(range(len(descs)), desc=f"{name} {option}", disable=not progress or len(descs) < 10_000,
                               mininterval=2):
                     db.add(descs[j], Keyframe(first + j, (len(db) + 1) * PERIOD_NS))
+            db.wait_rebuild()  # searched as trained
             probes = [(option, db.ivf)] + [(f"{option} nprobe {p}", replace(db.ivf, nprobe=p))
                                            for p in (nprobes if db.ivf_lists else ())]
             for label, settings in probes:
@@ -256,61 +259,6 @@ def recall_rows(features: Dict[str, tuple], options: Sequence[str], distractors:
                 ranked = np.array([[c.id for c in db.search(q, 1)] for q in q_desc], np.int64)
                 out[name][label] = recall_at_k(ranked, positives, (1,))[1]
     return out
-
-
-def large_rows(features: Dict[str, tuple], n: int, options: Sequence[str], k: int, count: int, window_s: float,
-               nprobes: Sequence[int], ivf: IvfSettings, progress: bool) -> List[dict]:
-    """Maps too big to hold twice (`--large`): per dataset, `n` distractors of the other dataset streamed into
-    each option's map (never all in memory), then the database; its Recall@1 against exact search (numpy over
-    the same stream, batched), at each nprobe, and the search time with the exclusion windows."""
-    rows = []
-    window_ns = int(window_s * 1e9)
-    for name, (db_desc, q_desc, positives) in features.items():
-        other = np.concatenate([np.concatenate(f[:2]) for o, f in features.items() if o != name])
-        best = (q_desc @ db_desc.T).max(axis=1)  # exact top-1: database best unless a distractor beats it
-        beaten = np.zeros(len(q_desc), bool)
-        for _, chunk in filler_chunks(other, n, seed=3):
-            beaten |= (chunk @ q_desc.T).max(axis=0) > best
-        exact_ids = np.where(beaten, -1, np.argmax(q_desc @ db_desc.T, axis=1))[:, None]
-        exact = recall_at_k(exact_ids, positives, (1,))[1]
-        for option in options:
-            db = MapDatabase(db_desc.shape[1], option, "false", ivf=ivf)
-            t0, longest = time.perf_counter(), 0.0
-            for a, chunk in tqdm(filler_chunks(other, n, seed=3), total=-(-n // 65536), desc=f"{name} {option}",
-                                 disable=not progress):
-                for j, d in enumerate(chunk):
-                    t1 = time.perf_counter()
-                    db.add(d, Keyframe(len(db_desc) + a + j, (len(db) + 1) * PERIOD_NS))
-                    longest = max(longest, time.perf_counter() - t1)
-            for i, d in enumerate(db_desc):
-                db.add(d, Keyframe(i, (len(db) + 1) * PERIOD_NS))
-            build = time.perf_counter() - t0
-            stamp = (len(db) + 1) * PERIOD_NS
-            ms = _timed(lambda q: db.search(q, k, stamp, count, window_ns), q_desc)
-            row = {"keyframes": len(db), "dataset": name, "option": option, "build_s": build,
-                   "longest_add_ms": longest * 1e3, "lists": db.ivf_lists, "median_ms": float(np.median(ms)),
-                   "p95_ms": float(np.percentile(ms, 95)), "bytes_per_kf": len(faiss.serialize_index(db._cpu_index)) / len(db),
-                   "exact": exact, "recall": {}}
-            for p in [db.ivf.nprobe, *nprobes]:
-                db.set_ivf(replace(db.ivf, nprobe=p))
-                ranked = np.array([[c.id for c in db.search(q, 1)] for q in q_desc], np.int64)
-                row["recall"][p] = recall_at_k(ranked, positives, (1,))[1]
-            rows.append(row)
-            db = None
-    return rows
-
-
-def print_large(rows: List[dict], k: int, count: int, window_s: float) -> None:
-    print(f"\nLarge crowded maps (distractors streamed in first, then the database; search: the dataset's queries, "
-          f"top {k}, excluding the last {count} and those within {window_s:g} s; Recall@1 vs exact search)")
-    probes = sorted({p for r in rows for p in r["recall"]})
-    print("| keyframes | dataset | option | lists | build s | longest add ms | median ms | p95 ms | bytes / keyframe | "
-          "R@1 exact | " + " | ".join(f"R@1 nprobe {p}" for p in probes) + " |")
-    print("|" + "---|" * (10 + len(probes)))
-    for r in rows:
-        print(f"| {r['keyframes']:,} | {r['dataset']} | {r['option']} | {r['lists']} | {r['build_s']:.0f} | "
-              f"{r['longest_add_ms']:,.0f} | {r['median_ms']:.2f} | {r['p95_ms']:.2f} | {r['bytes_per_kf']:,.0f} | "
-              f"{r['exact']:.3f} | " + " | ".join(f"{r['recall'][p]:.3f}" if p in r["recall"] else "-" for p in probes) + " |")
 
 
 def print_speed(rows: List[SpeedRow], k: int, count: int, window_s: float) -> None:
@@ -354,6 +302,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="Recall@1 again with this many distractor keyframes in the map (0 = skip)")
     ap.add_argument("--large", type=int, default=0, help="only the streamed crowded-map table (large_rows) at this "
                     "many distractors, for the --options given (the IVF ones: no second copy of the map is held)")
+    ap.add_argument("--rebuild", type=int, default=0, help="only the rebuild table (map_bench_ivf.rebuild_rows): "
+                    "a map of this many keyframes retrained in the adding thread and in the background at 10 Hz")
     ap.add_argument("--nprobes", default="16,32,64,128", help="IVF options' recall again at each of these nprobe")
     ap.add_argument("--io", default="20000:local,100000",
                     help="save/load table: KEYFRAMES[:local],... ('' = skip); local = with local features")
@@ -381,10 +331,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     k = max(d.top_k, d.sequence_candidates)
     print(f"{len(real)} real descriptors ({ex.dim}-D, {cfg.model.name}); FAISS threads {faiss.omp_get_max_threads()}")
     nprobes = [int(p) for p in args.nprobes.split(",") if p.strip()]
-    ivf = IvfSettings(cfg.map.ivf_nprobe, cfg.map.ivf_train_at, cfg.map.ivf_regrow)
-    if args.large:
-        print_large(large_rows(features, args.large, options, k, d.exclude_recent_count, d.exclude_recent_s, nprobes,
-                               ivf, progress), k, d.exclude_recent_count, d.exclude_recent_s)
+    ivf = IvfSettings(cfg.map.ivf_nprobe, cfg.map.ivf_train_at, cfg.map.ivf_regrow, cfg.map.ivf_background_rebuild)
+    if args.large or args.rebuild:
+        from offline_eval.map_bench_ivf import large_rows, print_large, print_rebuild, rebuild_rows
+        if args.rebuild:
+            print_rebuild(rebuild_rows(real, args.rebuild, options, ivf, progress))
+        if args.large:
+            print_large(large_rows(features, args.large, options, k, d.exclude_recent_count, d.exclude_recent_s,
+                                   nprobes, ivf, progress), k, d.exclude_recent_count, d.exclude_recent_s)
         return 0
     print_recall(recall_rows(features, options, nprobes=nprobes, ivf=ivf))
     for first in (False, True) if args.distractors else ():

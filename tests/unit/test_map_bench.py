@@ -81,7 +81,8 @@ def test_io_row_saves_and_loads_a_map_with_local_features(tmp_path, capsys):
 def test_large_rows_stream_the_same_distractors_and_score_against_exact_search(capsys):
     """The streamed table's exact reference is what a flat map of the same keyframes finds, and an IVF
     map scanning every list finds the same."""
-    from offline_eval.map_bench import filler_chunks, large_rows, print_large, recall_rows
+    from offline_eval.map_bench import filler_chunks, recall_rows
+    from offline_eval.map_bench_ivf import large_rows, print_large
     from vpr_core.map_ivf import IvfSettings
     rng = np.random.default_rng(8)
     feats = {}
