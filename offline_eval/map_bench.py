@@ -17,6 +17,11 @@
    once more with the database first and the distractors after it. IVF options are also measured at each
    of `--nprobes` (the same map, searched with that many lists).
 
+3. IVF only (offline_eval.map_bench_ivf): `--large N` streams N distractors into each option's map (no second
+   copy held: 1M keyframes fit in ~7 GB) and reports search time, Recall@1 against exact search (numpy over
+   the same stream) and the longest rebuild; `--rebuild N` times one retraining of an N-keyframe map in the
+   adding thread and in the background with keyframes arriving at 10 Hz.
+
 Thread counts come from the config's `runtime` section (FAISS: `runtime.search_threads`, 1 by default).
 """
 from __future__ import annotations
