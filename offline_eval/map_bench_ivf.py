@@ -14,7 +14,7 @@ from tqdm import tqdm
 from offline_eval.map_bench import PERIOD_NS, _timed, build_timed, filler, filler_chunks
 from vpr_core.keyframes import Keyframe
 from vpr_core.map_database import MapDatabase
-from vpr_core.map_ivf import IvfSettings, lists_for, rebuild
+from vpr_core.map_ivf import IvfSettings, lists_for, rebuild, trained_size
 from vpr_core.metrics import recall_at_k
 
 
@@ -98,21 +98,23 @@ class RebuildRow:
 
 
 def rebuild_rows(real: np.ndarray, n: int, options: Sequence[str], ivf: IvfSettings, progress: bool) -> List[RebuildRow]:
-    """Per IVF option: a map of `n` keyframes (real descriptors repeated with noise) is retrained to
-    lists_for(n) lists, once in the adding thread (timed directly) and once in the background while
-    keyframes keep coming at 10 Hz, timing every add until the new lists are adopted."""
+    """Per IVF option: a map of `n` - 1 keyframes (real descriptors repeated with noise) whose n-th starts a
+    retraining to lists_for(n) lists: timed once in the adding thread (directly) and once in the background
+    while keyframes keep coming at 10 Hz, timing every add until the new lists are adopted (the first add is
+    the one that starts it)."""
     rows = []
     x = filler(real, n + 2000, seed=4)
     for option in options:
-        db, _ = build_timed(x[:n], option, progress, replace(ivf, background=False))
-        if not db.ivf_lists:
-            continue
+        db, _ = build_timed(x[:n - 1], option, progress, replace(ivf, background=False))
         before = db.ivf_lists
+        if not before or lists_for(n) <= before:  # not an IVF option, or n is too close to its last rebuild
+            continue
         t0 = time.perf_counter()
         rebuild(db._cpu_index, lists_for(n))  # what the inline path runs, result dropped
         inline = time.perf_counter() - t0
-        db.set_ivf(replace(db.ivf, regrow=1.01, background=True))  # the next add starts a rebuild
-        ms, started, i = [], time.perf_counter(), n
+        grow = min(ivf.regrow, max(1.0001, 0.999 * n / trained_size(before)))  # due at the n-th keyframe
+        db.set_ivf(replace(db.ivf, regrow=grow, background=True))
+        ms, started, i = [], time.perf_counter(), n - 1
         while db.ivf_lists == before and i < len(x):
             t1 = time.perf_counter()
             db.add(x[i], Keyframe(i, (i + 1) * PERIOD_NS))
@@ -120,7 +122,7 @@ def rebuild_rows(real: np.ndarray, n: int, options: Sequence[str], ivf: IvfSetti
             i += 1
             time.sleep(max(0.0, 0.1 - (time.perf_counter() - t1)))  # 10 Hz
         rows.append(RebuildRow(n, option, f"{before} -> {db.ivf_lists}", inline, ms[0], max(ms[1:] or [0.0]),
-                               time.perf_counter() - started, i - n - 1))
+                               time.perf_counter() - started, i - n))
         db = None
     return rows
 

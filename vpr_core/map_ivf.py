@@ -42,7 +42,7 @@ MOVE_CHUNK = 65536  # keyframes moved per batch during a rebuild (bounds its ext
 class IvfSettings:
     """How an IVF map searches and when it (re)trains (`map.ivf_*` in the config): the knobs of
     vpr_core.map_ivf, kept together so the map and its loader pass one value."""
-    nprobe: int = 64  # lists scanned per search: recall within 1 point of exact search on corridor/Nordland
+    nprobe: int = 64  # lists scanned per search: Recall@1 within a point of exact at 100k (at 1M: 128; README)
     train_at: int = 8192  # keyframes before the first training (exact search up to there)
     regrow: float = 2.0  # retrain when the map has this many times the keyframes it was trained at
     background: bool = True  # rebuild in a worker thread on a copy (False: in the adding thread, it waits)

@@ -103,3 +103,16 @@ def test_large_rows_stream_the_same_distractors_and_score_against_exact_search(c
         assert (r["lists"] > 2) == (r["option"] == "ivf_flat")
     print_large(rows, 5, 3, 0.5)
     assert "| 1,030 | a | ivf_flat |" in capsys.readouterr().out
+
+
+def test_rebuild_rows_time_the_retraining_the_nth_keyframe_starts(capsys):
+    from offline_eval.map_bench_ivf import print_rebuild, rebuild_rows
+    from vpr_core.map_ivf import IvfSettings
+    rng = np.random.default_rng(9)
+    real = rng.normal(size=(50, 32)).astype(np.float32)
+    real /= np.linalg.norm(real, axis=1, keepdims=True)
+    rows = rebuild_rows(real, 390, ["flat", "ivf_fp16"], IvfSettings(nprobe=2, train_at=200), progress=False)
+    assert [(r.option, r.lists) for r in rows] == [("ivf_fp16", "5 -> 10")]  # flat has no lists: no row
+    assert rows[0].inline_s > 0 and rows[0].adopted_s >= 0.1 and rows[0].added >= 0
+    print_rebuild(rows)
+    assert "| 390 | ivf_fp16 | 5 -> 10 |" in capsys.readouterr().out
