@@ -8,11 +8,19 @@
    with real descriptors (corridor and the Nordland test stretch through the configured model), repeated
    with small noise up to the size; the map's most recent keyframes are real descriptors held out of
    that filler, and the queries are noisy copies of them (a robot sees what it saw a moment ago): what
-   makes the exclusion windows costly.
+   makes the exclusion windows costly. "longest add" is the slowest single `add` while building: for the
+   IVF options, the rebuild a camera would wait for (vpr_core.map_ivf).
 2. Recall@1 of each option against exact search on the real datasets (corridor; Nordland test stretch
    2700:3576, winter queries against the summer database), with the benchmark's positives; then again
    with `--distractors` keyframes in the map before the database (the other dataset's real descriptors,
-   repeated with small noise: never a right answer), where an approximate index can lose the place.
+   repeated with small noise: never a right answer), where an approximate index can lose the place; and
+   once more with the database first and the distractors after it. IVF options are also measured at each
+   of `--nprobes` (the same map, searched with that many lists).
+
+3. IVF only (offline_eval.map_bench_ivf): `--large N` streams N distractors into each option's map (no second
+   copy held: 1M keyframes fit in ~7 GB) and reports search time, Recall@1 against exact search (numpy over
+   the same stream) and the longest rebuild; `--rebuild N` times one retraining of an N-keyframe map in the
+   adding thread and in the background with keyframes arriving at 10 Hz.
 
 Thread counts come from the config's `runtime` section (FAISS: `runtime.search_threads`, 1 by default).
 """
@@ -21,9 +29,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import faiss
 import numpy as np
@@ -37,6 +45,7 @@ from vpr_core.datasets import PlaceDataset, load_dataset
 from vpr_core.keyframes import Keyframe
 from vpr_core.map_database import MapDatabase
 from vpr_core.map_index import INDEX_TYPES
+from vpr_core.map_ivf import IvfSettings
 from vpr_core.metrics import recall_at_k
 from vpr_core.runtime import apply_threads
 
@@ -54,18 +63,25 @@ class SpeedRow:
     p95_ms: float = float("nan")
     bytes_per_kf: float = float("nan")
     note: str = ""
+    longest_add_ms: float = float("nan")  # slowest single add while building (an IVF rebuild)
 
 
 def filler(real: np.ndarray, n: int, noise: float = 0.05, seed: int = 0) -> np.ndarray:
     """n unit descriptors: the real ones repeated, each copy moved by a little noise (float32)."""
-    rng = np.random.default_rng(seed)
     out = np.empty((n, real.shape[1]), np.float32)
+    for a, chunk in filler_chunks(real, n, noise, seed):
+        out[a:a + len(chunk)] = chunk
+    return out
+
+
+def filler_chunks(real: np.ndarray, n: int, noise: float = 0.05, seed: int = 0) -> Iterator[Tuple[int, np.ndarray]]:
+    """`filler`, 65536 descriptors at a time as (first index, chunk): the same values, never all in memory."""
+    rng = np.random.default_rng(seed)
     for a in range(0, n, 65536):
         b = min(n, a + 65536)
         x = real[np.arange(a, b) % len(real)] + noise * rng.standard_normal((b - a, real.shape[1]), np.float32) \
             / np.sqrt(real.shape[1])
-        out[a:b] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+        yield a, (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def _timed(fn, queries: np.ndarray) -> np.ndarray:
@@ -80,10 +96,20 @@ def _timed(fn, queries: np.ndarray) -> np.ndarray:
 
 def build_map(descs: np.ndarray, option: str, progress: bool = False) -> MapDatabase:
     """A map of these descriptors, keyframe i stamped i * 0.1 s."""
-    db = MapDatabase(descs.shape[1], option, "false")
+    return build_timed(descs, option, progress)[0]
+
+
+def build_timed(descs: np.ndarray, option: str, progress: bool = False,
+                ivf: IvfSettings = IvfSettings(background=False)) -> Tuple[MapDatabase, float]:
+    """`build_map`, and the longest single add in ms (IVF rebuilds in the adding thread by default, so it is
+    the longest rebuild: what a camera would wait for without the background rebuild)."""
+    db = MapDatabase(descs.shape[1], option, "false", ivf=ivf)
+    longest = 0.0
     for i in tqdm(range(len(descs)), desc=f"build {option} {len(descs)}", disable=not progress, mininterval=2):
+        t0 = time.perf_counter()
         db.add(descs[i], Keyframe(i, (i + 1) * PERIOD_NS))
-    return db
+        longest = max(longest, time.perf_counter() - t0)
+    return db, longest * 1e3
 
 
 def filtered_after(index: faiss.Index, stamps: np.ndarray, q: np.ndarray, k: int, count: int, window_ns: int,
@@ -132,11 +158,12 @@ def speed_rows(real: np.ndarray, sizes: Sequence[int], options: Sequence[str], k
         flat.reset()  # frees its vectors before the maps are built
         for option in options:
             t0 = time.perf_counter()
-            db = build_map(x, option, progress)
+            db, longest = build_timed(x, option, progress)
             build = time.perf_counter() - t0
             size = len(faiss.serialize_index(db._cpu_index)) / n
             ms = _timed(lambda q: db.search(q, k, stamp, count, window_ns), queries)
-            rows.append(SpeedRow(n, f"map {option}", build, *_stats(ms), size))
+            lists = f" ({db.ivf_lists} lists, nprobe {db.ivf.nprobe})" if db.ivf_lists else ""
+            rows.append(SpeedRow(n, f"map {option}{lists}", build, *_stats(ms), size, longest_add_ms=longest))
             db = None  # freed before the next option is built
     return rows
 
@@ -208,43 +235,56 @@ def _stats(ms: np.ndarray) -> tuple:
 
 
 def recall_rows(features: Dict[str, tuple], options: Sequence[str], distractors: int = 0,
-                progress: bool = False) -> Dict[str, Dict[str, float]]:
+                progress: bool = False, database_first: bool = False, nprobes: Sequence[int] = (),
+                ivf: Optional[IvfSettings] = None) -> Dict[str, Dict[str, float]]:
     """Recall@1 per dataset and option (database mapped, queries searched, no exclusion). With
     `distractors`, the map first holds that many descriptors of the *other* datasets (repeated with small
-    noise), so a query must find its place among them: real descriptors that are never a right answer."""
+    noise), so a query must find its place among them: real descriptors that are never a right answer
+    (`database_first`: the database, then the distractors). IVF options (`ivf` settings) are measured
+    again at each of `nprobes`, as "<option> nprobe <n>"."""
     out: Dict[str, Dict[str, float]] = {}
     for name, (db_desc, q_desc, positives) in features.items():
         others = [np.concatenate(f[:2]) for other, f in features.items() if other != name]
         extra = filler(np.concatenate(others), distractors, seed=3) if distractors and others else None
         out[name] = {}
         for option in options:
-            db = MapDatabase(db_desc.shape[1], option, "false")
+            db = MapDatabase(db_desc.shape[1], option, "false", ivf=ivf or IvfSettings())
+            parts = [(db_desc, 0)]  # (descriptors, first id): database keyframe i has id i, distractor j after them
             if extra is not None:
-                for j in tqdm(range(len(extra)), desc=f"distractors {option}", disable=not progress, mininterval=2):
-                    db.add(extra[j], Keyframe(len(db_desc) + j, (j + 1) * PERIOD_NS))
-            for i, d in enumerate(db_desc):
-                db.add(d, Keyframe(i, (len(db) + 1) * PERIOD_NS))
-            ranked = np.array([[c.id for c in db.search(q, 1)] for q in q_desc], np.int64)
-            out[name][option] = recall_at_k(ranked, positives, (1,))[1]
+                parts.insert(len(parts) if database_first else 0, (extra, len(db_desc)))
+            for descs, first in parts:
+                for j in tqdm(range(len(descs)), desc=f"{name} {option}", disable=not progress or len(descs) < 10_000,
+                              mininterval=2):
+                    db.add(descs[j], Keyframe(first + j, (len(db) + 1) * PERIOD_NS))
+            db.wait_rebuild()  # searched as trained
+            probes = [(option, db.ivf)] + [(f"{option} nprobe {p}", replace(db.ivf, nprobe=p))
+                                           for p in (nprobes if db.ivf_lists else ())]
+            for label, settings in probes:
+                db.set_ivf(settings)
+                ranked = np.array([[c.id for c in db.search(q, 1)] for q in q_desc], np.int64)
+                out[name][label] = recall_at_k(ranked, positives, (1,))[1]
     return out
 
 
 def print_speed(rows: List[SpeedRow], k: int, count: int, window_s: float) -> None:
     print(f"\nSearch at one query per call, top {k}, excluding the last {count} keyframes and those within "
-          f"{window_s:g} s (keyframes at 10 Hz; ms; ratio = faiss flat without exclusion / option, same map)")
-    print("| keyframes | option | build s | median ms | p95 ms | vs faiss flat | index bytes / keyframe |")
-    print("|---|---|---|---|---|---|---|")
+          f"{window_s:g} s (keyframes at 10 Hz; ms; ratios = baseline's median / option's, same map, same run)")
+    print("| keyframes | option | build s | median ms | p95 ms | vs faiss flat | vs numpy | index bytes / keyframe "
+          "| longest add ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
     floor = {r.size: r.median_ms for r in rows if r.option.startswith("faiss flat")}
+    numpy_ms = {r.size: r.median_ms for r in rows if r.option.startswith("numpy")}
     for r in rows:
         print(f"| {r.size:,} | {r.option} | {r.build_s:.1f} | {r.median_ms:.2f} | {r.p95_ms:.2f} | "
-              f"{floor[r.size] / r.median_ms:.2f}x | {r.bytes_per_kf:,.0f} |")
+              f"{floor[r.size] / r.median_ms:.2f}x | {numpy_ms.get(r.size, float('nan')) / r.median_ms:.2f}x | "
+              f"{r.bytes_per_kf:,.0f} | {r.longest_add_ms:.0f} |")
 
 
-def print_recall(recalls: Dict[str, Dict[str, float]], distractors: int = 0) -> None:
+def print_recall(recalls: Dict[str, Dict[str, float]], distractors: int = 0, database_first: bool = False) -> None:
     options = list(next(iter(recalls.values())))
     print("\nRecall@1 on real datasets (database mapped, queries searched" +
-          (f"; the map also holds {distractors:,} distractors: the other dataset's descriptors repeated with noise)"
-           if distractors else ")"))
+          (f"; the map also holds {distractors:,} distractors: the other dataset's descriptors repeated with noise, "
+           f"{'after' if database_first else 'before'} the database)" if distractors else ")"))
     print("| dataset | " + " | ".join(options) + " |\n|---|" + "---|" * len(options))
     for name, by in recalls.items():
         print(f"| {name} | " + " | ".join(f"{by[o]:.3f}" for o in options) + " |")
@@ -265,6 +305,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--queries", type=int, default=200, help="queries timed per map")
     ap.add_argument("--distractors", type=int, default=100_000,
                     help="Recall@1 again with this many distractor keyframes in the map (0 = skip)")
+    ap.add_argument("--large", type=int, default=0, help="only the streamed crowded-map table (large_rows) at this "
+                    "many distractors, for the --options given (the IVF ones: no second copy of the map is held)")
+    ap.add_argument("--rebuild", type=int, default=0, help="only the rebuild table (map_bench_ivf.rebuild_rows): "
+                    "a map of this many keyframes retrained in the adding thread and in the background at 10 Hz")
+    ap.add_argument("--nprobes", default="16,32,64,128", help="IVF options' recall again at each of these nprobe")
     ap.add_argument("--io", default="20000:local,100000",
                     help="save/load table: KEYFRAMES[:local],... ('' = skip); local = with local features")
     ap.add_argument("--no-progress", action="store_true")
@@ -290,9 +335,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     d = cfg.detector
     k = max(d.top_k, d.sequence_candidates)
     print(f"{len(real)} real descriptors ({ex.dim}-D, {cfg.model.name}); FAISS threads {faiss.omp_get_max_threads()}")
-    print_recall(recall_rows(features, options))
-    if args.distractors:
-        print_recall(recall_rows(features, options, args.distractors, progress), args.distractors)
+    nprobes = [int(p) for p in args.nprobes.split(",") if p.strip()]
+    ivf = IvfSettings(cfg.map.ivf_nprobe, cfg.map.ivf_train_at, cfg.map.ivf_regrow, cfg.map.ivf_background_rebuild)
+    if args.large or args.rebuild:
+        from offline_eval.map_bench_ivf import large_rows, print_large, print_rebuild, rebuild_rows
+        if args.rebuild:
+            print_rebuild(rebuild_rows(real, args.rebuild, options, ivf, progress))
+        if args.large:
+            print_large(large_rows(features, args.large, options, k, d.exclude_recent_count, d.exclude_recent_s,
+                                   nprobes, ivf, progress), k, d.exclude_recent_count, d.exclude_recent_s)
+        return 0
+    print_recall(recall_rows(features, options, nprobes=nprobes, ivf=ivf))
+    for first in (False, True) if args.distractors else ():
+        print_recall(recall_rows(features, options, args.distractors, progress, first, nprobes, ivf),
+                     args.distractors, first)
     rows = speed_rows(real, sizes, options, k, d.exclude_recent_count, d.exclude_recent_s, args.queries, progress)
     print_speed(rows, k, d.exclude_recent_count, d.exclude_recent_s)
     io_cases = [(int(c.split(":")[0]), c.endswith(":local")) for c in args.io.split(",") if c.strip()]

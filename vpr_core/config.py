@@ -59,6 +59,14 @@ class ModelConfig:
 class MapConfig:
     index: str = "flat"  # flat (exact) | flat_fp16 (exact over float16, half the memory) | hnsw (approximate, fast;
     #                      it can lose places in a map of dissimilar regions: README "The map across runs and robots")
+    #                      | ivf_flat / ivf_fp16 (inverted lists trained on the map itself, float32 / float16 codes:
+    #                      fast at 100k-1M keyframes, recall of exact search; vpr_core.map_ivf)
+    ivf_nprobe: int = 64  # ivf_*: lists scanned per search (more = closer to exact, slower): 64 keeps Recall@1 within a
+    #                     point of exact at 100k keyframes; at 1M hard queries need 128 (README, map section)
+    ivf_train_at: int = 8192  # ivf_*: keyframes before the lists are first trained (exact search until then)
+    ivf_regrow: float = 2.0  # ivf_*: retrain (seconds at 100k+, logged) when the map has grown this many times
+    ivf_background_rebuild: bool = True  # ivf_*: retrain in a worker thread on a copy of the index (the frame
+    #                                      that starts it waits for the copy only; false = it waits for all of it)
     use_gpu: str = "auto"  # auto | true | false (YAML booleans accepted): FAISS GPU index when usable
     path: str = ""  # map file for the save/load services, autoload and autosave ("" = none)
     autoload: bool = True  # load `path` on start when the file exists

@@ -3,7 +3,8 @@
 Incremental add, top-K search that skips the most recent keyframes (by count and by time), and a
 single-file save that is written to a temporary file and renamed, so a crash never leaves a
 half-written map. The file format, and the checks on every field of it when loading, are in
-vpr_core.map_file; index types and their byte layout in vpr_core.map_index.
+vpr_core.map_file; index types and their byte layout in vpr_core.map_index; the IVF types' training and
+rebuilds as the map grows in vpr_core.map_ivf (positions, ids and stored descriptors survive them).
 
 Keyframes' local features (for re-ranking) live beside the index in a `LocalFeatureStore`
 (vpr_core.local_features), saved in the same map file as `local.npz`, covered by the checksum. Format
@@ -18,7 +19,7 @@ import logging
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
 
 import faiss
 import numpy as np
@@ -27,7 +28,8 @@ from vpr_core.keyframes import Candidate, Keyframe
 from vpr_core.local_features import DescriptorError, LocalFeatures, LocalFeatureStore, local_npz, write_local_npz
 from vpr_core.map_file import (DEFAULT_MAX_BYTES, INDEX_MEMBER, LOCAL_MEMBER, MAGIC, META_MEMBER, VERSION, MapError,
                                file_sha256, read_map_file, write_map_file)
-from vpr_core.map_index import INDEX_TYPES
+from vpr_core.map_index import INDEX_TYPES, search_parameters
+from vpr_core.map_ivf import IvfSettings, PendingRebuild, configure, is_ivf, lists_due, rebuild
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +115,13 @@ class MapDatabase:
     local: LocalFeatureStore = field(default_factory=LocalFeatureStore, repr=False)  # id -> local features
     id_floor: int = 0  # ids below this were already handed out (to keyframes or not): never reuse them
     model: str = ""  # fingerprint of the model whose descriptors these are (identity.descriptor_fingerprint); "" = unknown
+    ivf: IvfSettings = field(default_factory=IvfSettings, repr=False)  # nprobe and (re)training of the IVF types
 
     def __post_init__(self) -> None:
         if self.dim <= 0:
             raise ValueError(f"descriptor dimension must be positive, got {self.dim}")
         self._cpu_index = INDEX_TYPES.build(self.index_type, dim=self.dim)
+        configure(self._cpu_index, self.ivf)
         self._index = self._cpu_index
         choice = str(self.use_gpu).lower()
         if choice not in ("auto", "true", "false"):
@@ -126,9 +130,13 @@ class MapDatabase:
         if want_gpu:
             if not gpu_usable():
                 raise MapError("map.use_gpu is true but FAISS sees no GPU (install faiss-gpu on a CUDA machine)")
-            if self.index_type == "flat":  # HNSW has no GPU version; it stays on the CPU
+            # only flat moves to the GPU: HNSW has no GPU version, and the IVF types stay on the CPU (their
+            # rebuilds and direct map are CPU-side; untested on a GPU here), where they are fast already
+            if self.index_type == "flat":
                 self._index = faiss.index_cpu_to_all_gpus(self._cpu_index)
         self.on_gpu = self._index is not self._cpu_index
+        self._rebuilding: Optional[PendingRebuild] = None  # an IVF rebuild running in the background
+        self._rebuild_after = 0  # after a failed rebuild: map size before which none is tried again
         self._position: Dict[int, int] = {kid: p for p, kid in enumerate(self._order)}  # id -> insertion position
         self._reindex_stamps()
 
@@ -196,6 +204,53 @@ class MapDatabase:
         self._stamps_sorted = self._stamps_sorted and (n == 0 or keyframe.stamp_ns >= self._id_stamps[1, n - 1])
         self._position[keyframe.id] = n
         self._order.append(keyframe.id)
+        self._regrow()
+
+    @property
+    def ivf_lists(self) -> int:
+        """How many lists an IVF map's index has now (1 until trained); 0 for the other index types."""
+        return faiss.downcast_index(self._cpu_index.index).nlist if is_ivf(self._cpu_index) else 0
+
+    def set_ivf(self, settings: IvfSettings) -> None:
+        """Adopt new IVF settings: nprobe applies from the next search, training thresholds from the next add."""
+        self.ivf = settings
+        configure(self._cpu_index, settings)
+
+    def _regrow(self) -> None:
+        """Train or rebuild an IVF index once the map has grown enough (vpr_core.map_ivf: seconds for a big map,
+        logged): in a worker thread, adopted by the first add after it is done, or here and now."""
+        if self._rebuilding is not None:
+            if self._rebuilding.done():
+                self.wait_rebuild()
+            return
+        nlist = lists_due(self._cpu_index, self.ivf) if len(self) >= self._rebuild_after else 0
+        if nlist and self.ivf.background:
+            self._adopt(lambda: PendingRebuild(self._cpu_index, nlist), pending=True)
+        elif nlist:
+            self._adopt(lambda: rebuild(self._cpu_index, nlist))
+
+    def wait_rebuild(self) -> None:
+        """Finish a background IVF rebuild now, if one runs (it is adopted with every keyframe added meanwhile)."""
+        pending, self._rebuilding = self._rebuilding, None
+        if pending is not None:
+            self._adopt(lambda: pending.finish(self._cpu_index))
+
+    def _adopt(self, make: Callable[[], Any], pending: bool = False) -> None:
+        """Make the rebuilt index (or, `pending`, start its background rebuild) and take it. A rebuild that fails
+        (e.g. out of memory) is logged and not tried again until the map has grown `ivf.regrow` times more: the
+        keyframe was added and the old index is intact, so the map goes on with it."""
+        try:
+            made = make()
+        except Exception as exc:  # noqa: BLE001 -- the add that triggered it must not fail
+            self._rebuild_after = int(len(self) * self.ivf.regrow)
+            log.error("IVF map rebuild failed (%s: %s); the map keeps its %d lists until it has %d keyframes",
+                      type(exc).__name__, exc, self.ivf_lists, self._rebuild_after)
+            return
+        if pending:
+            self._rebuilding = made
+            return
+        configure(made, self.ivf)  # the settings as they are now (set_ivf may have run meanwhile)
+        self._cpu_index = self._index = made  # IVF maps stay on the CPU (see __post_init__)
 
     def local_features(self, kid: int) -> Optional[LocalFeatures]:
         """The stored local features of keyframe `kid`, or None."""
@@ -244,11 +299,7 @@ class MapDatabase:
         """Search parameters that leave the `excluded` ids out (and keep the index's own search settings)."""
         batch = faiss.IDSelectorBatch(excluded)
         sel = faiss.IDSelectorNot(batch)
-        inner = faiss.downcast_index(self._cpu_index.index)
-        if isinstance(inner, faiss.IndexHNSW):
-            params = faiss.SearchParametersHNSW(sel=sel, efSearch=inner.hnsw.efSearch)
-        else:
-            params = faiss.SearchParameters(sel=sel)
+        params = search_parameters(faiss.downcast_index(self._cpu_index.index), sel)
         params._keep = (sel, batch)  # the selectors must outlive the parameters (SWIG holds raw pointers)
         return params
 
@@ -262,7 +313,7 @@ class MapDatabase:
 
     def descriptors_at(self, positions: np.ndarray) -> np.ndarray:
         """Stored descriptors (n, dim) of the keyframes at these insertion positions, in one batched read
-        of the index's own storage (no copy of the map is kept beside FAISS)."""
+        of the index's own storage (no copy of the map is kept beside FAISS; IVF types through their direct map)."""
         positions = np.asarray(positions, np.int64).reshape(-1)
         if not len(positions):
             return np.zeros((0, self.dim), np.float32)
@@ -278,7 +329,7 @@ class MapDatabase:
     def freeze(self) -> "FrozenMap":
         """What a save needs, taken quickly (hold the map's lock for this only): the FAISS bytes and
         references to the keyframes and their local features, which are never modified once added."""
-        order = list(self._order)
+        order = list(self._order)  # a background IVF rebuild is not waited for: the current index is complete
         return FrozenMap(self.dim, self.index_type, self.model, self.next_id,
                          faiss.clone_index(self._cpu_index),  # 2.6x faster than serialising it; host copy is current
                          order, [self.keyframes[i] for i in order], self.local.items(order), self.local.dim)
@@ -293,11 +344,12 @@ class MapDatabase:
 
     @classmethod
     def load(cls, path: str | Path, expected_dim: Optional[int] = None, use_gpu: str = "auto",
-             max_bytes: int = DEFAULT_MAX_BYTES) -> "MapDatabase":
-        """Read a map file; raises MapError, and nothing else, if anything is off (never a partial map)."""
+             max_bytes: int = DEFAULT_MAX_BYTES, ivf: Optional[IvfSettings] = None) -> "MapDatabase":
+        """Read a map file; raises MapError, and nothing else, if anything is off (never a partial map).
+        `ivf`: the IVF types' settings (default IvfSettings()); the file's own nprobe is not kept."""
         contents = read_map_file(path, expected_dim, max_bytes)  # everything in the file checked
         try:
-            return cls._from_contents(contents, path, use_gpu)
+            return cls._from_contents(contents, path, use_gpu, ivf or IvfSettings())
         except MapError:
             raise
         except Exception as exc:  # FAISS, numpy or memory errors on a checked file: still the file's fault
@@ -305,12 +357,13 @@ class MapDatabase:
                            f"the in-memory map was left unchanged") from None
 
     @classmethod
-    def _from_contents(cls, contents, path: str | Path, use_gpu: str) -> "MapDatabase":
+    def _from_contents(cls, contents, path: str | Path, use_gpu: str, ivf: IvfSettings) -> "MapDatabase":
         header = contents.header
-        db = cls(header["dim"], header["index_type"], use_gpu)
+        db = cls(header["dim"], header["index_type"], use_gpu, ivf=ivf)
         cpu = read_index_from(contents.index_bytes)
         if cpu.ntotal != header["count"] or cpu.d != header["dim"]:
             raise MapError(f"{path}: index holds {cpu.ntotal} vectors of {cpu.d}, header {header['count']} of {header['dim']}")
+        configure(cpu, ivf)
         db._cpu_index = cpu
         db._index = faiss.index_cpu_to_all_gpus(cpu) if db.on_gpu else cpu
         db.keyframes = {kf["id"]: Keyframe(**kf) for kf in contents.keyframes}
@@ -354,7 +407,7 @@ def merge_maps(first: MapDatabase, second: MapDatabase, assume_same_model: bool 
     if len(first.local) and len(second.local) and first.local.dim != second.local.dim:
         raise MapError(f"cannot merge maps with {first.local.dim}-D and {second.local.dim}-D local features "
                        f"(built with different local heads)")
-    out = MapDatabase(first.dim, first.index_type, "false", model=first.model or second.model)
+    out = MapDatabase(first.dim, first.index_type, "false", model=first.model or second.model, ivf=first.ivf)
     id_shift, session_shift = first.next_id, first.next_session
     for db, shift, sessions in ((first, 0, 0), (second, id_shift, session_shift)):
         descs = db.descriptors_at(np.arange(len(db)))
@@ -363,5 +416,6 @@ def merge_maps(first: MapDatabase, second: MapDatabase, assume_same_model: bool 
             moved = replace(kf, id=kf.id + shift, session=kf.session + sessions)
             out.add(descs[pos], moved, db.local.get(kid))
     out.id_floor = id_shift + second.next_id
+    out.wait_rebuild()
     return out
 

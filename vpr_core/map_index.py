@@ -1,19 +1,21 @@
 """The map's FAISS index types: how each is built, and how its serialized bytes are checked before FAISS reads them.
 
 `faiss.deserialize_index` trusts the length fields inside the bytes (it allocates what they claim before
-reading) and an HNSW graph's neighbour ids (a bad one is an out-of-bounds read at search time). So a map
-file's index is walked here first, for the layouts this package writes, and every length, id and level is
-checked against the header's descriptor size and count; only then does FAISS see it.
+reading) and an HNSW graph's neighbour ids (a bad one is an out-of-bounds read at search time), and an IVF
+index's list numbers, list ids and direct map (reconstruction and search index through them unchecked). So a
+map file's index is walked here first, for the layouts this package writes, and every length, id, level and
+list entry is checked against the header's descriptor size and count; only then does FAISS see it.
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import faiss
 import numpy as np
 
+from vpr_core.map_ivf import MIN_POINTS_PER_LIST, new_map_index
 from vpr_core.registry import Registry
 
 
@@ -46,6 +48,35 @@ def _hnsw(dim: int, m: int = 32) -> faiss.Index:
     return faiss.IndexIDMap2(inner)
 
 
+@INDEX_TYPES.register("ivf_flat")
+def _ivf_flat(dim: int) -> faiss.Index:
+    """Inverted lists of float32 descriptors (exact scores) under a quantizer trained on the map itself
+    (vpr_core.map_ivf): a search scans the `map.ivf_nprobe` lists nearest the query; exact until trained."""
+    return new_map_index(dim, "flat")
+
+
+@INDEX_TYPES.register("ivf_fp16")
+def _ivf_fp16(dim: int) -> faiss.Index:
+    """`ivf_flat` with the lists' descriptors stored as float16: half the memory, faster scans, scores
+    within ~1e-3 (as `flat_fp16`)."""
+    return new_map_index(dim, "fp16")
+
+
+_SEARCH_PARAMS: Tuple[Tuple[type, Callable[[Any, faiss.IDSelector], faiss.SearchParameters]], ...] = (
+    (faiss.IndexHNSW, lambda inner, sel: faiss.SearchParametersHNSW(sel=sel, efSearch=inner.hnsw.efSearch)),
+    (faiss.IndexIVF, lambda inner, sel: faiss.SearchParametersIVF(sel=sel, nprobe=inner.nprobe)),
+)
+
+
+def search_parameters(inner: faiss.Index, sel: faiss.IDSelector) -> faiss.SearchParameters:
+    """Search parameters with this id selector that keep the (downcast) inner index's own search settings:
+    a bare SearchParameters would reset HNSW's efSearch or IVF's nprobe to FAISS's defaults."""
+    for kind, make in _SEARCH_PARAMS:
+        if isinstance(inner, kind):
+            return make(inner, sel)
+    return faiss.SearchParameters(sel=sel)
+
+
 @dataclass(frozen=True)
 class IndexLayout:
     """What a serialized index of one type looks like: its FAISS blocks outermost first, and how many
@@ -59,6 +90,9 @@ INDEX_LAYOUTS: Dict[str, IndexLayout] = {  # one per INDEX_TYPES name
     "flat": IndexLayout(("IxM2", "IxFI"), lambda dim: 4 * dim + 8),
     "flat_fp16": IndexLayout(("IxM2", "IxSQ"), lambda dim: 2 * dim + 8),
     "hnsw": IndexLayout(("IxM2", "IHNf", "IxFI"), lambda dim: 4 * dim + 8 + 1024),  # ~65 links x 4 B on average
+    # list code + list id + direct map + id map, and at most one centroid per MIN_POINTS_PER_LIST keyframes
+    "ivf_flat": IndexLayout(("IxM2", "IwFl"), lambda dim: 4 * dim + 24 + 4 * dim // MIN_POINTS_PER_LIST + 4),
+    "ivf_fp16": IndexLayout(("IxM2", "IwSq"), lambda dim: 2 * dim + 24 + 4 * dim // MIN_POINTS_PER_LIST + 4),
 }
 
 
@@ -109,13 +143,19 @@ def _flat_block(r: _Reader, dim: int, count: int) -> None:
         raise IndexFormatError("flat block holds NaN or inf values")
 
 
-def _fp16_block(r: _Reader, dim: int, count: int) -> None:
+def _fp16_settings(r: _Reader, dim: int) -> int:
+    """A float16 scalar quantizer's settings (FAISS's write_ScalarQuantizer); returns its code size."""
     qtype, _, _, d, code_size = r.unpack("iifQQ", "scalar quantizer settings")
     if qtype != faiss.ScalarQuantizer.QT_fp16 or d != dim or code_size != 2 * dim:
-        raise IndexFormatError(f"scalar quantizer block is type {qtype} for {d} floats in {code_size} bytes; a "
-                               f"flat_fp16 map stores {dim} float16 values (type {faiss.ScalarQuantizer.QT_fp16})")
+        raise IndexFormatError(f"scalar quantizer block is type {qtype} for {d} floats in {code_size} bytes; the "
+                               f"map stores {dim} float16 values (type {faiss.ScalarQuantizer.QT_fp16})")
     if len(r.vector("f4", "scalar quantizer training")):
         raise IndexFormatError("a float16 scalar quantizer has no training values")
+    return code_size
+
+
+def _fp16_block(r: _Reader, dim: int, count: int) -> None:
+    code_size = _fp16_settings(r, dim)
     codes = r.vector("u1", "float16 vectors")
     if codes.size != code_size * count:
         raise IndexFormatError(f"float16 block stores {codes.size} bytes, {count} vectors of {dim} need {code_size * count}")
@@ -150,8 +190,78 @@ def _hnsw_block(r: _Reader, dim: int, count: int) -> None:
             raise IndexFormatError("hnsw graph links a vector that does not exist on that level")
 
 
-_BLOCKS: Dict[str, Callable[[_Reader, int, int], None]] = {"IxFI": _flat_block, "IxSQ": _fp16_block,
-                                                           "IHNf": _hnsw_block}
+def _ivf_fp16_codes(r: _Reader, dim: int) -> None:
+    """What an IVF of float16 codes writes before its lists: its scalar quantizer, code size, residual flag."""
+    _fp16_settings(r, dim)
+    code_size, by_residual = r.unpack("Q?", "IVF code size")
+    if code_size != 2 * dim or by_residual:
+        raise IndexFormatError(f"IVF float16 codes of {code_size} bytes{' on residuals' if by_residual else ''}; "
+                               f"the map stores {dim} float16 values per keyframe, not residuals")
+
+
+_IVF_CODES: Dict[str, Tuple[Callable[[_Reader, int], None], str]] = {  # fourcc -> settings reader, code dtype
+    "IwFl": (lambda r, dim: None, "f4"),
+    "IwSq": (_ivf_fp16_codes, "f2"),
+}
+
+
+def _ivf_block(r: _Reader, dim: int, count: int, fourcc: str) -> None:
+    """An IVF index (vpr_core.map_ivf): list count, its quantizer's centroids, the direct map, then the lists,
+    whose ids must be every position once and agree with the direct map (reconstruction reads through it)."""
+    nlist, _ = r.unpack("QQ", "IVF list count and nprobe")
+    if not 1 <= nlist <= max(1, count // MIN_POINTS_PER_LIST):
+        raise IndexFormatError(f"IVF index has {nlist} lists for {count} vectors (1 to {max(1, count // MIN_POINTS_PER_LIST)})")
+    tag = bytes(r.take(4, "IVF quantizer tag")).decode("latin-1")
+    if tag != "IxFI":
+        raise IndexFormatError(f"IVF quantizer is a '{tag}' block, expected 'IxFI'")
+    _header(r, "IVF quantizer", dim, nlist)
+    _flat_block(r, dim, nlist)
+    (kind,) = r.unpack("b", "IVF direct map type")
+    direct = r.vector("i8", "IVF direct map")
+    if kind != 1 or len(direct) != count:  # 1 = DirectMap::Array, one entry per position
+        raise IndexFormatError(f"IVF direct map is type {kind} with {len(direct)} entries, expected an array of {count}")
+    read_settings, dtype = _IVF_CODES[fourcc]
+    read_settings(r, dim)
+    _inverted_lists(r, dim, count, nlist, dtype, direct)
+
+
+def _inverted_lists(r: _Reader, dim: int, count: int, nlist: int, dtype: str, direct: np.ndarray) -> None:
+    """FAISS's ArrayInvertedLists ('ilar'): sizes ('full' or 'sprs'), then each non-empty list's codes and ids."""
+    tag = bytes(r.take(4, "inverted lists tag")).decode("latin-1")
+    lists, code_size = r.unpack("QQ", "inverted lists header")
+    itemsize = np.dtype(dtype).itemsize
+    if tag != "ilar" or lists != nlist or code_size != dim * itemsize:
+        raise IndexFormatError(f"inverted lists '{tag}' of {lists} lists x {code_size} B, expected 'ilar' of "
+                               f"{nlist} x {dim * itemsize} B")
+    kind = bytes(r.take(4, "inverted lists kind")).decode("latin-1")
+    raw = r.vector("u8", "inverted list sizes")
+    if kind == "full" and len(raw) == nlist:
+        sizes = raw.astype(np.uint64)
+    elif kind == "sprs" and len(raw) % 2 == 0 and np.all(raw[0::2] < nlist) and np.all(np.diff(raw[0::2].astype(np.int64)) > 0):
+        sizes = np.zeros(nlist, np.uint64)
+        sizes[raw[0::2].astype(np.int64)] = raw[1::2]
+    else:
+        raise IndexFormatError(f"inverted list sizes are '{kind}' with {len(raw)} values for {nlist} lists")
+    if np.any(sizes > count) or int(sizes.sum()) != count:
+        raise IndexFormatError(f"inverted lists hold {int(sizes.astype(np.float64).sum())} vectors, the index {count}")
+    ids, where, at = np.empty(count, np.int64), np.empty(count, np.int64), 0
+    for lst in np.flatnonzero(sizes):
+        n = int(sizes[lst])
+        codes = np.frombuffer(r.take(n * code_size, f"list {lst} codes"), dtype="<" + dtype)
+        if not np.all(np.isfinite(codes)):
+            raise IndexFormatError(f"inverted list {lst} holds NaN or inf values")
+        ids[at:at + n] = np.frombuffer(r.take(8 * n, f"list {lst} ids"), dtype="<i8")
+        where[at:at + n] = (int(lst) << 32) | np.arange(n, dtype=np.int64)  # FAISS's lo_build(list, offset)
+        at += n
+    if count and (ids.min() < 0 or ids.max() >= count or np.any(np.bincount(ids, minlength=count) != 1)):
+        raise IndexFormatError(f"inverted lists do not hold each of the {count} positions exactly once")
+    if np.any(direct[ids] != where):
+        raise IndexFormatError("IVF direct map does not point where the lists hold each vector")
+
+
+_BLOCKS: Dict[str, Callable[[_Reader, int, int], None]] = {
+    "IxFI": _flat_block, "IxSQ": _fp16_block, "IHNf": _hnsw_block,
+    **{fourcc: (lambda r, dim, count, f=fourcc: _ivf_block(r, dim, count, f)) for fourcc in _IVF_CODES}}
 
 
 def check_index_bytes(data: bytes, index_type: str, dim: int, count: int) -> np.ndarray:

@@ -26,6 +26,7 @@ from vpr_core.images import ImageError, ImageTooLarge, OpenCVError
 from vpr_core.keyframes import Candidate
 from vpr_core.local_features import DescriptorError, LocalFeatures
 from vpr_core.map_database import MapDatabase, MapError
+from vpr_core.map_ivf import IvfSettings
 from vpr_core.models import DescriptorExtractor
 from vpr_core.models.identity import same_descriptors
 from vpr_core.runtime import apply_threads
@@ -263,9 +264,14 @@ class PlaceRecognizer:
     def _new_map(self) -> MapDatabase:
         """An empty map that records which model's descriptors it will hold."""
         db = MapDatabase(self.extractor.dim, self.cfg.map.index, self.cfg.map.use_gpu,
-                         model=getattr(self.extractor, "fingerprint", ""))
+                         model=getattr(self.extractor, "fingerprint", ""), ivf=self._ivf_settings())
         db.local.limit(self.cfg.map.max_local_mb << 20, self.cfg.map.spill_directory)
         return db
+
+    def _ivf_settings(self) -> IvfSettings:
+        """The IVF map types' search and training settings from the config's map section."""
+        m = self.cfg.map
+        return IvfSettings(m.ivf_nprobe, m.ivf_train_at, m.ivf_regrow, m.ivf_background_rebuild)
 
     def record_stage(self, stage: str, ms: float) -> None:
         """Time spent outside the pipeline on a processed frame (the node's image decoding)."""
@@ -318,7 +324,7 @@ class PlaceRecognizer:
     def load_map(self, path: str | Path) -> int:
         """Replace the map with the file's; on any error the current map is kept and MapError raised."""
         db = MapDatabase.load(path, expected_dim=self.extractor.dim, use_gpu=self.cfg.map.use_gpu,
-                              max_bytes=self.cfg.map.max_file_mb << 20)
+                              max_bytes=self.cfg.map.max_file_mb << 20, ivf=self._ivf_settings())
         ours = getattr(self.extractor, "fingerprint", "")
         if db.model and ours and not same_descriptors(db.model, ours):
             raise MapError(f"{path} holds descriptors of model {db.model}, this node runs {ours}: their descriptors "

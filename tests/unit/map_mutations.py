@@ -182,6 +182,51 @@ def _inner_length_cases(ms: Members) -> Iterator[Tuple[str, bytes]]:
                 yield f"npy-shape-{array.decode()}-{shape.decode()}", pack({**ms, "local.npz": bytes(d)})
 
 
+def _ivf_cases(ms: Members) -> Iterator[Tuple[str, bytes]]:
+    """An IVF index's own fields patched (checksums recomputed): list count, quantizer, direct map, list
+    sizes, codes and ids, each to a value FAISS would read past, allocate for, or reconstruct wrongly from."""
+    index = ms["index.faiss"]
+    header = struct.calcsize("<iqqq?i")
+    count = json.loads(ms["header.json"])["count"]
+
+    def patched(name: str, at: int, fmt: str, value) -> Tuple[str, bytes]:
+        d = bytearray(index)
+        struct.pack_into("<" + fmt, d, at, value)
+        return f"ivf-{name}", pack({**ms, "index.faiss": bytes(d)})
+    for tag in (b"IwFl", b"IwSq"):
+        at = index.find(tag)
+        if at < 0:
+            continue
+        nlist_at = at + 4 + header
+        nlist = struct.unpack_from("<Q", index, nlist_at)[0]
+        for value in (0, nlist + 1, 2**40):
+            yield patched(f"nlist-{value}", nlist_at, "Q", value)
+        quant = index.find(b"IxFI", at)
+        yield patched("quantizer-count", quant + 4 + 4, "q", nlist + 1)
+        yield patched("centroid-nan", quant + 4 + header + 8, "f", float("nan"))
+        dm = quant + 4 + header + 8 + 4 * struct.unpack_from("<Q", index, quant + 4 + header)[0]
+        yield patched("direct-map-type", dm, "b", 2)
+        yield patched("direct-map-length", dm + 1, "Q", count + 1)
+        yield patched("direct-map-entry", dm + 9, "q", 1 << 40)
+        if count > 1:
+            d = bytearray(index)
+            d[dm + 9:dm + 17], d[dm + 17:dm + 25] = index[dm + 17:dm + 25], index[dm + 9:dm + 17]
+            yield "ivf-direct-map-swap", pack({**ms, "index.faiss": bytes(d)})
+        lists = index.find(b"ilar", dm)
+        yield patched("lists-count", lists + 4, "Q", nlist + 1)
+        yield patched("lists-code-size", lists + 12, "Q", struct.unpack_from("<Q", index, lists + 12)[0] + 1)
+        yield patched("lists-kind", lists + 20, "4s", b"xxxx")
+        yield patched("lists-sizes-length", lists + 24, "Q", 2**40)
+        yield patched("lists-first-size", lists + 32, "Q", count + 1)
+        last_ids = len(index) - 8 - 8 * count  # the last list's ids end where the id map's vector starts
+        yield patched("last-id-out-of-range", last_ids - 8, "q", count)
+        yield patched("last-id-negative", last_ids - 8, "q", -1)
+        yield patched("last-id-duplicate", last_ids - 8, "q", struct.unpack_from("<q", index, last_ids - 16)[0])
+        code = (lists + 32 + 8 * nlist) if index[lists + 20:lists + 24] == b"full" else None
+        if code is not None:
+            yield patched("code-nan", code, "f" if tag == b"IwFl" else "e", float("nan"))
+
+
 def _raw_cases(data: bytes, rng: random.Random) -> Iterator[Tuple[str, bytes]]:
     for k in range(20):
         yield f"file-trunc-{k}", data[:rng.randrange(len(data))]
@@ -200,7 +245,7 @@ def cases(path: Path, seed: int = 0) -> Iterator[Tuple[str, bytes]]:
     data = Path(path).read_bytes()
     ms = read_members(data)
     for family in (_header_cases(ms), _json_cases(ms), _keyframe_cases(ms, rng), _member_cases(ms, rng),
-                   _declared_size_cases(data), _inner_length_cases(ms), _raw_cases(data, rng)):
+                   _declared_size_cases(data), _inner_length_cases(ms), _ivf_cases(ms), _raw_cases(data, rng)):
         yield from family
 
 

@@ -41,6 +41,7 @@ BAD = [
     ("map.autosave_period_s", -1.0),
     ("map.max_file_mb", 0),
     ("map.id_reserve", 0),
+    ("map.ivf_nprobe", 0), ("map.ivf_train_at", 77), ("map.ivf_regrow", 1.0), ("map.ivf_regrow", 0.5),
     ("rerank.method", "ransac"),
     ("rerank.top_k", 0),
     ("rerank.min_inliers", -1),
@@ -61,6 +62,8 @@ GOOD = [
     ("node.loss_gap_factor", 0.0), ("detector.loop_threshold", 1.0), ("detector.exclude_recent_count", 0),
     ("map.autosave_period_s", 0.0), ("map.index", "hnsw"), ("rerank.method", "degensac"),
     ("model.preprocess.image_size", [1024, 1024]),
+    ("map.index", "ivf_flat"), ("map.index", "ivf_fp16"), ("map.ivf_nprobe", 128), ("map.ivf_train_at", 78),
+    ("map.ivf_regrow", 1.5),
 ]
 
 

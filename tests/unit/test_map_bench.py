@@ -76,3 +76,43 @@ def test_io_row_saves_and_loads_a_map_with_local_features(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []  # the file is removed after measuring
     print_io([row])
     assert "| 40 | yes |" in capsys.readouterr().out
+
+
+def test_large_rows_stream_the_same_distractors_and_score_against_exact_search(capsys):
+    """The streamed table's exact reference is what a flat map of the same keyframes finds, and an IVF
+    map scanning every list finds the same."""
+    from offline_eval.map_bench import filler_chunks, recall_rows
+    from offline_eval.map_bench_ivf import large_rows, print_large
+    from vpr_core.map_ivf import IvfSettings
+    rng = np.random.default_rng(8)
+    feats = {}
+    for name in ("a", "b"):
+        db = rng.normal(size=(30, 32)).astype(np.float32)
+        db /= np.linalg.norm(db, axis=1, keepdims=True)
+        feats[name] = (db, filler(db, 30, noise=1.5, seed=5), [np.array([i]) for i in range(30)])
+    assert np.array_equal(np.concatenate([c for _, c in filler_chunks(feats["a"][0], 70000)]),
+                          filler(feats["a"][0], 70000))
+    ivf = IvfSettings(nprobe=2, train_at=200)
+    rows = large_rows(feats, 1000, ["flat", "ivf_flat"], k=5, count=3, window_s=0.5, nprobes=[1000], ivf=ivf,
+                      progress=False)
+    flat = recall_rows(feats, ["flat"], distractors=1000)
+    for r in rows:
+        assert r["keyframes"] == 1030 and r["median_ms"] > 0
+        assert r["exact"] == flat[r["dataset"]]["flat"]
+        assert r["recall"][1000] == r["exact"]  # every list scanned: exact
+        assert (r["lists"] > 2) == (r["option"] == "ivf_flat")
+    print_large(rows, 5, 3, 0.5)
+    assert "| 1,030 | a | ivf_flat |" in capsys.readouterr().out
+
+
+def test_rebuild_rows_time_the_retraining_the_nth_keyframe_starts(capsys):
+    from offline_eval.map_bench_ivf import print_rebuild, rebuild_rows
+    from vpr_core.map_ivf import IvfSettings
+    rng = np.random.default_rng(9)
+    real = rng.normal(size=(50, 32)).astype(np.float32)
+    real /= np.linalg.norm(real, axis=1, keepdims=True)
+    rows = rebuild_rows(real, 390, ["flat", "ivf_fp16"], IvfSettings(nprobe=2, train_at=200), progress=False)
+    assert [(r.option, r.lists) for r in rows] == [("ivf_fp16", "5 -> 10")]  # flat has no lists: no row
+    assert rows[0].inline_s > 0 and rows[0].adopted_s >= 0.1 and rows[0].added >= 0
+    print_rebuild(rows)
+    assert "| 390 | ivf_fp16 | 5 -> 10 |" in capsys.readouterr().out

@@ -17,15 +17,19 @@ from map_mutations import cases, write_cases
 from vpr_core.keyframes import Keyframe
 from vpr_core.local_features import LocalFeatures
 from vpr_core.map_database import MapDatabase, MapError
+from vpr_core.map_ivf import IvfSettings
 
 DIM = 1280  # the default model's descriptor size
 MIN_CASES = 200
 
 
 def _real_map(tmp_path: Path, index: str, n: int = 16) -> Path:
-    """A map as the node saves it with the default re-ranking model: unit descriptors, poses, local features."""
+    """A map as the node saves it with the default re-ranking model: unit descriptors, poses, local features
+    (IVF types: 160 keyframes, trained into 4 lists, so the lists, quantizer and direct map are all there)."""
     rng = np.random.default_rng(7)
-    db = MapDatabase(DIM, index, "false")
+    ivf = IvfSettings(train_at=78)
+    n = 160 if index.startswith("ivf") else n
+    db = MapDatabase(DIM, index, "false", ivf=ivf)
     for i in range(n):
         lf = LocalFeatures(rng.uniform(0, 320, (40, 2)), rng.normal(size=(40, 112)), (240, 320)) if i % 2 else None
         db.add(rng.normal(size=DIM), Keyframe(i, (1_700_000_000 + i) * 10**9, "camera",
@@ -33,7 +37,7 @@ def _real_map(tmp_path: Path, index: str, n: int = 16) -> Path:
     return db.save(tmp_path / f"real_{index}.vprmap")
 
 
-@pytest.mark.parametrize("index", ["flat", "flat_fp16", "hnsw"])
+@pytest.mark.parametrize("index", ["flat", "flat_fp16", "hnsw", "ivf_flat", "ivf_fp16"])
 def test_only_map_error_escapes_and_memory_stays_bounded(tmp_path, index):
     src = _real_map(tmp_path, index)
     size = src.stat().st_size
@@ -41,7 +45,7 @@ def test_only_map_error_escapes_and_memory_stays_bounded(tmp_path, index):
     target = tmp_path / "case.vprmap"
     escaped, over, loaded, n = [], [], 0, 0
     query = np.random.default_rng(1).normal(size=DIM)
-    for name, data in cases(src, seed={"flat": 0, "hnsw": 1, "flat_fp16": 2}[index]):
+    for name, data in cases(src, seed={"flat": 0, "hnsw": 1, "flat_fp16": 2, "ivf_flat": 4, "ivf_fp16": 5}[index]):
         n += 1
         target.write_bytes(data)
         tracemalloc.start()
