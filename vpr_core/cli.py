@@ -97,7 +97,7 @@ def _map_info(args: argparse.Namespace) -> int:
 
 
 def _map_merge(args: argparse.Namespace) -> int:
-    from vpr_core.map_database import merge_maps
+    from vpr_core.map_merge import merge_maps
     first, second = (MapDatabase.load(p, use_gpu="false") for p in args.maps)
     merged = merge_maps(first, second, assume_same_model=args.assume_same_model)
     path = merged.save(args.out)

@@ -15,7 +15,8 @@ from vpr_core.config import load_config
 from vpr_core.datasets import load_dataset
 from vpr_core.keyframes import Keyframe
 from vpr_core.local_features import LocalFeatures
-from vpr_core.map_database import MapDatabase, MapError, merge_maps
+from vpr_core.map_database import MapDatabase, MapError
+from vpr_core.map_merge import merge_maps
 from vpr_core.pipeline import PlaceRecognizer
 
 
