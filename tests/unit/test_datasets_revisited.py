@@ -70,7 +70,7 @@ def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
     marker = "/tmp/vpr_revisited_pwned"
     shutil.rmtree(marker, ignore_errors=True)
     (root / "gnd_evil.pkl").write_bytes(pickle.dumps({"imlist": [], "qimlist": [], "gnd": [_Boom()]}))
-    with pytest.raises(DatasetError, match="not part of a revisitop ground truth"):
+    with pytest.raises(DatasetError, match="not part of a ground-truth file"):
         load_dataset(root)
     import os
     assert not os.path.exists(marker)
@@ -92,7 +92,7 @@ def test_a_truncated_pickle_is_a_dataset_error(tmp_path):
     root = _write(tmp_path / "cut", _gnd())
     pkl = root / "gnd_tiny.pkl"
     pkl.write_bytes(pkl.read_bytes()[:40])
-    with pytest.raises(DatasetError, match="not a revisitop ground truth"):
+    with pytest.raises(DatasetError, match="not a readable ground truth"):
         load_dataset(root)
 
 

@@ -2,12 +2,13 @@
 
 Query/database datasets (`load_dataset`, chosen by what the folder holds through the `LAYOUTS`
 registry): VPR-Bench, frame-synchronised traversals (Nordland), geo-localisation splits with UTM
-names, revisited Oxford/Paris (`gnd_*.pkl`, read without running the pickle). Place-labelled images
-(`load_place_images`, GSV-Cities; `place_images_from` a positioned dataset) and labelled pairs (`load_pairs`) feed the training schemes that need them.
+names, GSV-Cities' validation .npy triples, revisited Oxford/Paris (`gnd_*.pkl`); pickled ground truth
+is read without running it. Place-labelled images (`load_place_images`, GSV-Cities; `place_images_from`
+a positioned dataset) and labelled pairs (`load_pairs`) feed the training schemes that need them.
 """
 from __future__ import annotations
 
-from vpr_core.datasets import geo, ground_truth, revisited  # noqa: F401  (the readers register their layouts)
+from vpr_core.datasets import geo, ground_truth, npy_ground_truth, revisited  # noqa: F401  (readers register)
 from vpr_core.datasets.base import IMAGE_SUFFIXES, LAYOUTS, POSITION_UNITS, PlaceDataset, image_files
 from vpr_core.datasets.errors import DatasetError
 from vpr_core.datasets.geo import DEFAULT_RADIUS_M, SPLITS, utm_from_name

@@ -40,5 +40,5 @@ def load_dataset(root: str | Path, tolerance: int = 2, split: Optional[str] = No
         return ds
     raise DatasetError(f"{root}: no known ground truth (expected ground_truth.csv with 'query,positives' or "
                        f"'index,query,database' columns, VPR-Bench query/ ref/ ground_truth_new.npy, or the "
-                       f"geo-localisation images/<split>/database|queries/ with @east@north@...@.jpg names, or revisitop "
-                       f"gnd_<name>.pkl beside jpg/)")
+                       f"geo-localisation images/<split>/database|queries/ with @east@north@...@.jpg names, revisitop "
+                       f"gnd_<name>.pkl beside jpg/, or GSV-Cities' <name>_dbImages/_qImages/_gt.npy)")

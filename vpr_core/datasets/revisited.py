@@ -8,8 +8,6 @@ field is checked. Do not point it at pickles you would not run.
 """
 from __future__ import annotations
 
-import io
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
@@ -18,15 +16,9 @@ import numpy as np
 
 from vpr_core.datasets.base import LAYOUTS, PlaceDataset
 from vpr_core.datasets.errors import DatasetError
+from vpr_core.datasets.safe_pickle import read_pickle
 
 PROTOCOLS = ("easy", "medium", "hard")  # revisitop's three settings
-MAX_PICKLE_BYTES = 64 << 20
-# the only globals a revisitop ground-truth pickle needs (numpy arrays, when it holds them instead of lists)
-_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-            ("numpy._core.multiarray", "scalar")}
-
-
 @dataclass
 class RevisitedTruth:
     """Per query: database indices of easy and hard positives and of junk (left out of the ranking)."""
@@ -52,22 +44,9 @@ class RevisitedTruth:
                               [self.boxes[i] for i in idx])
 
 
-class _GroundTruthUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not part of a revisitop ground truth (refused)")
-
-
 def read_ground_truth(path: Path) -> dict:
-    """The pickle's dict, built by the restricted unpickler; DatasetError for anything else."""
-    size = path.stat().st_size
-    if size > MAX_PICKLE_BYTES:
-        raise DatasetError(f"{path}: {size} bytes, more than a revisitop ground truth ({MAX_PICKLE_BYTES})")
-    try:
-        data = _GroundTruthUnpickler(io.BytesIO(path.read_bytes())).load()
-    except Exception as exc:  # UnpicklingError, EOFError, ValueError... on a damaged or foreign file
-        raise DatasetError(f"{path}: not a revisitop ground truth ({type(exc).__name__}: {exc})") from None
+    """The pickle's dict, built by the restricted unpickler (safe_pickle); DatasetError for anything else."""
+    data = read_pickle(path)
     if not isinstance(data, dict) or not {"imlist", "qimlist", "gnd"} <= set(data):
         raise DatasetError(f"{path}: expected a dict with imlist, qimlist and gnd")
     return data
