@@ -29,6 +29,7 @@ from vpr_core.registry import Registry
 log = logging.getLogger(__name__)
 
 SHARED_MAPS: Registry["SharedMap"] = Registry("shared map backend")
+MAX_BATCH = 64  # keyframes per write (with local features ~90 kB each: well under a gRPC message's limit)
 STORE_MODULES = {"milvus": "vpr_core.milvus_map"}  # map.backend -> the module that registers it (faiss: none)
 ROBOT_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")  # a robot's name is a partition name in the store
 
@@ -253,8 +254,8 @@ class SharedMap(ABC):
                 self._wake.wait_for(lambda: self._closing or self._queue, timeout=None)
                 if self._closing and not self._queue:
                     return
-                batch = list(self._queue)
-                self._queue.clear()
+                # at most MAX_BATCH per write: after an outage the queue may hold thousands (one message each)
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
                 self._busy = True
             try:
                 self._write(batch)
@@ -281,8 +282,10 @@ class SharedMap(ABC):
                 self.stats.pending = len(self._queue)
                 self._wake.notify_all()
                 pause = self.period_s
-                # gather the next batch for a period (publish does not cut it short; flush and close do)
-                self._wake.wait_for(lambda: self._closing or self._hurry, timeout=self.period_s)
+                # gather the next batch for a period (publish does not cut it short; flush, close and a full
+                # batch waiting do)
+                self._wake.wait_for(lambda: self._closing or self._hurry or len(self._queue) >= MAX_BATCH,
+                                    timeout=self.period_s)
 
 
 def _recent(values: List[float], v: float, keep: int = 1000) -> None:

@@ -220,3 +220,18 @@ def test_bad_fleet_settings_are_config_errors(key, value):
     from vpr_core.config import load_config
     with pytest.raises(ConfigError, match=key.split(".")[1]):
         load_config(overrides={key: value})
+
+
+def test_a_long_queue_is_written_in_bounded_batches(lite):
+    """After an outage thousands may wait: they go in batches of at most MAX_BATCH, none lost."""
+    from vpr_core.shared_map import MAX_BATCH
+    a = _robot(lite, "A", publish_period_s=30.0)  # a long period: only full batches and flush cut it short
+    sizes = []
+    write = a._write
+    a._write = lambda batch: (sizes.append(len(batch)), write(batch))[1]
+    d = _descs(200, seed=3)
+    for i in range(200):
+        a.publish(Keyframe(i, i, robot="A"), d[i])
+    assert a.flush(60) and a.stats.published == 200
+    assert max(sizes) <= MAX_BATCH and sum(sizes) == 200
+    a.close()
