@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 import numpy as np
 
@@ -126,6 +126,28 @@ def image_files(folder: Path, recursive: bool = False) -> List[Path]:
     """Image files in `folder` (or below it), sorted by path."""
     found = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def sole_file(root: Path, pattern: str) -> Optional[Path]:
+    """The one ground-truth file in `root` matching `pattern`, None when there is none (not this layout);
+    several are a DatasetError (which would be meant is unknowable)."""
+    found = sorted(root.glob(pattern))
+    if len(found) > 1:
+        raise DatasetError(f"{root}: several ground truths {[p.name for p in found]}; one set per folder")
+    return found[0] if found else None
+
+
+def database_indices(value: Any, n: int, where: str) -> np.ndarray:
+    """A ground truth's list of database indices as sorted unique int64, each checked to be an integer in
+    [0, n); DatasetError naming `where` otherwise."""
+    try:
+        a = np.asarray(value if value is not None else [], dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: expected a list of database indices") from None
+    if a.size and (not np.all(np.isfinite(a)) or np.any(a != np.round(a)) or a.min() < 0 or a.max() >= n):
+        raise DatasetError(f"{where}: database indices must be integers in [0, {n}); found ones outside it or "
+                           f"not integers")
+    return np.unique(a.astype(np.int64))
 
 
 def path_index(paths: List[Path]) -> dict:

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from vpr_core.datasets.base import LAYOUTS, PlaceDataset
+from vpr_core.datasets.base import LAYOUTS, PlaceDataset, database_indices, sole_file
 from vpr_core.datasets.errors import DatasetError
 from vpr_core.datasets.safe_pickle import read_npy
 
@@ -26,32 +26,20 @@ def _positives(path: Path, queries: int, database: int) -> List[np.ndarray]:
     rows = list(gt) if gt.dtype.hasobject or gt.ndim == 2 else None
     if rows is None or len(rows) != queries:
         raise DatasetError(f"{path}: expected one row of database indices per query ({queries}), got shape {gt.shape}")
-    out = []
-    for i, row in enumerate(rows):
-        try:
-            idx = np.asarray(row, np.float64).reshape(-1)
-        except (TypeError, ValueError):
-            raise DatasetError(f"{path}: row {i} is not a list of database indices") from None
-        if idx.size and (not np.all(np.isfinite(idx)) or np.any(idx != np.round(idx)) or idx.min() < 0
-                         or idx.max() >= database):
-            raise DatasetError(f"{path}: row {i} names database indices outside [0, {database}) or not integers")
-        out.append(np.unique(idx.astype(np.int64)))
-    return out
+    return [database_indices(row, database, f"{path} row {i}") for i, row in enumerate(rows)]
 
 
 @LAYOUTS.register("gsv_npy")
 def read_gsv_npy(root: Path, tolerance: int = 0) -> Optional[PlaceDataset]:
     """A folder with one `<name>_dbImages.npy` / `_qImages.npy` / `_gt.npy` triple, or None when it has none."""
-    found = sorted(root.glob("*_gt.npy"))
-    if not found:
+    gt_file = sole_file(root, "*_gt.npy")
+    if gt_file is None:
         return None
-    if len(found) > 1:
-        raise DatasetError(f"{root}: several ground truths {[p.name for p in found]}; one set per folder")
-    name = found[0].name[:-len("_gt.npy")]
+    name = gt_file.name[:-len("_gt.npy")]
     db_file, q_file = root / f"{name}_dbImages.npy", root / f"{name}_qImages.npy"
     missing = [p.name for p in (db_file, q_file) if not p.is_file()]
     if missing:
-        raise DatasetError(f"{root}: {found[0].name} needs {', '.join(missing)} beside it")
+        raise DatasetError(f"{root}: {gt_file.name} needs {', '.join(missing)} beside it")
     database, queries = _names(db_file), _names(q_file)
     return PlaceDataset(name, root, [root / p for p in database], [root / p for p in queries],
-                        _positives(found[0], len(queries), len(database)))
+                        _positives(gt_file, len(queries), len(database)))

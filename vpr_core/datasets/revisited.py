@@ -14,7 +14,7 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
-from vpr_core.datasets.base import LAYOUTS, PlaceDataset
+from vpr_core.datasets.base import LAYOUTS, PlaceDataset, database_indices, sole_file
 from vpr_core.datasets.errors import DatasetError
 from vpr_core.datasets.safe_pickle import read_pickle
 
@@ -52,16 +52,6 @@ def read_ground_truth(path: Path) -> dict:
     return data
 
 
-def _indices(value: Any, n: int, where: str) -> np.ndarray:
-    try:
-        a = np.asarray(value if value is not None else [], dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise DatasetError(f"{where}: expected a list of database indices") from None
-    if a.size and (not np.all(np.isfinite(a)) or np.any(a != np.round(a)) or a.min() < 0 or a.max() >= n):
-        raise DatasetError(f"{where}: database indices must be integers in [0, {n})")
-    return np.unique(a.astype(np.int64))
-
-
 def _box(value: Any, where: str) -> Optional[Tuple[float, float, float, float]]:
     if value is None or (hasattr(value, "__len__") and len(value) == 0):
         return None
@@ -77,28 +67,26 @@ def _box(value: Any, where: str) -> Optional[Tuple[float, float, float, float]]:
 @LAYOUTS.register("revisited")
 def read_revisited(root: Path, tolerance: int = 0) -> Optional[PlaceDataset]:
     """A `gnd_*.pkl` + `jpg/` folder (revisitop), or None when the folder is not one."""
-    found = sorted(root.glob("gnd_*.pkl"))
-    if not found:
+    gnd_file = sole_file(root, "gnd_*.pkl")
+    if gnd_file is None:
         return None
-    if len(found) > 1:
-        raise DatasetError(f"{root}: several ground truths {[p.name for p in found]}; one per folder")
-    data = read_ground_truth(found[0])
+    data = read_ground_truth(gnd_file)
     imlist, qimlist, gnd = data["imlist"], data["qimlist"], data["gnd"]
     if not (isinstance(imlist, list) and isinstance(qimlist, list) and isinstance(gnd, list)) or \
             not all(isinstance(s, str) for s in imlist + qimlist) or len(gnd) != len(qimlist):
-        raise DatasetError(f"{found[0]}: imlist and qimlist must be lists of names and gnd one entry per query")
+        raise DatasetError(f"{gnd_file}: imlist and qimlist must be lists of names and gnd one entry per query")
     n = len(imlist)
     easy, hard, junk, boxes = [], [], [], []
     for i, g in enumerate(gnd):
-        where = f"{found[0]} gnd[{i}]"
+        where = f"{gnd_file} gnd[{i}]"
         if not isinstance(g, dict):
             raise DatasetError(f"{where}: expected a dict with easy, hard and junk")
-        easy.append(_indices(g.get("easy"), n, f"{where}.easy"))
-        hard.append(_indices(g.get("hard"), n, f"{where}.hard"))
-        junk.append(_indices(g.get("junk"), n, f"{where}.junk"))
+        easy.append(database_indices(g.get("easy"), n, f"{where}.easy"))
+        hard.append(database_indices(g.get("hard"), n, f"{where}.hard"))
+        junk.append(database_indices(g.get("junk"), n, f"{where}.junk"))
         boxes.append(_box(g.get("bbx"), f"{where}.bbx"))
     image = lambda name: root / "jpg" / (name if Path(name).suffix else f"{name}.jpg")  # noqa: E731
     truth = RevisitedTruth(easy, hard, junk, boxes)
     positives, _ = truth.setting("medium")
-    return PlaceDataset(found[0].stem[len("gnd_"):], root, [image(s) for s in imlist], [image(s) for s in qimlist],
+    return PlaceDataset(gnd_file.stem[len("gnd_"):], root, [image(s) for s in imlist], [image(s) for s in qimlist],
                         positives, revisited=truth)
