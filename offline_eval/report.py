@@ -89,62 +89,52 @@ def zoo_json(rows: Sequence[ZooRow], path: Path, **meta) -> Path:
     return path
 
 
-def plot_zoo(rows: Sequence[ZooRow], path: Path, title: str) -> Path:
-    """Recall@N curves of several model configs on one plot (global descriptor, same dataset and run)."""
+def _save_lines(path: Path, lines: Sequence[tuple], title: str, xlabel: str, ylabel: str,
+                figsize: tuple = (5, 3.5), legend_size: Optional[int] = None, **limits) -> Path:
+    """One PNG of (x, y, label, marker) series on axes from 0 to 1 in y: the frame every benchmark curve uses."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for r in rows:
-        ks = sorted(int(k) for k in r.curve)
-        ax.plot(ks, [r.curve[k] for k in ks], marker=".", label=f"{config_label(r.config)} ({r.dim}-D)")
-    ax.set(xlabel="N", ylabel="Recall@N", title=title, ylim=(0, 1.02))
+    fig, ax = plt.subplots(figsize=figsize)
+    for x, y, label, marker in lines:
+        ax.plot(x, y, marker=marker, label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=(0, 1.02), **limits)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_zoo(rows: Sequence[ZooRow], path: Path, title: str) -> Path:
+    """Recall@N curves of several model configs on one plot (global descriptor, same dataset and run)."""
+    lines = []
+    for r in rows:
+        ks = sorted(int(k) for k in r.curve)
+        lines.append((ks, [r.curve[k] for k in ks], f"{config_label(r.config)} ({r.dim}-D)", "."))
+    return _save_lines(path, lines, title, "N", "Recall@N", figsize=(5.5, 3.8), legend_size=7)
 
 
 def plot_recall(results: Sequence[PathResult], positives: List[np.ndarray], path: Path, title: str) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Recall@K curves of each path, K up to its ranking's depth."""
     ks = list(range(1, results[0].ranked.shape[1] + 1))
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    lines = []
     for r in results:
         rec = recall_at_k(r.ranked, positives, ks)
-        ax.plot(ks, [rec[k] for k in ks], marker="o", label=r.path)
-    ax.set(xlabel="K", ylabel="Recall@K", title=title, ylim=(0, 1.02))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        lines.append((ks, [rec[k] for k in ks], r.path, "o"))
+    return _save_lines(path, lines, title, "K", "Recall@K")
 
 
 def plot_pr(results: Sequence[PathResult], positives: List[np.ndarray], path: Path, title: str) -> Path:
     """Precision-recall curves of accepting each path's top-1 match by its score (VPR-Bench's protocol)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    lines = []
     for r in results:
         p, rec = retrieval_pr(r.ranked, r.scores, positives)
         label = f"{r.path} (AUC {r.pr.auc:.3f})" if r.pr is not None else r.path
-        ax.plot(np.r_[0.0, rec], np.r_[p[:1], p] if len(p) else [1.0], label=label)
-    ax.set(xlabel="recall", ylabel="precision", title=title, xlim=(0, 1.0), ylim=(0, 1.02))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        lines.append((np.r_[0.0, rec], np.r_[p[:1], p] if len(p) else [1.0], label, None))
+    return _save_lines(path, lines, title, "recall", "precision", legend_size=7, xlim=(0, 1.0))
 
 
 def match_sheet(result: PathResult, queries: Sequence[Path], database: Sequence[Path],
