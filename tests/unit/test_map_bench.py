@@ -49,16 +49,22 @@ def test_speed_rows_measure_every_option_and_the_table_prints_them(capsys):
     assert "| 500 | map hnsw |" in out and "| 500 | x | 1.0 | 2.00 | 3.00 |" in out
 
 
+def _toy_datasets(seed: int, n: int, noise: float, query_seed: int) -> dict:
+    """Two toy 'datasets' a and b: n unit database rows each, queries their noisy copies (one positive each)."""
+    rng = np.random.default_rng(seed)
+    feats = {}
+    for name in ("a", "b"):
+        db = rng.normal(size=(n, 32)).astype(np.float32)
+        db /= np.linalg.norm(db, axis=1, keepdims=True)
+        feats[name] = (db, filler(db, n, noise=noise, seed=query_seed), [np.array([i]) for i in range(n)])
+    return feats
+
+
 def test_recall_rows_find_places_among_distractors_of_the_other_dataset():
     """Two toy 'datasets' whose queries are noisy copies of their database: recall 1.0 with and without
     distractors (the other dataset's descriptors never match), the same for every option."""
     from offline_eval.map_bench import print_recall, recall_rows
-    rng = np.random.default_rng(3)
-    feats = {}
-    for name in ("a", "b"):
-        db = rng.normal(size=(20, 32)).astype(np.float32)
-        db /= np.linalg.norm(db, axis=1, keepdims=True)
-        feats[name] = (db, filler(db, 20, noise=0.2, seed=4), [np.array([i]) for i in range(20)])
+    feats = _toy_datasets(3, 20, noise=0.2, query_seed=4)
     plain = recall_rows(feats, ["flat", "hnsw"])
     crowded = recall_rows(feats, ["flat", "hnsw"], distractors=300)
     assert plain == crowded == {"a": {"flat": 1.0, "hnsw": 1.0}, "b": {"flat": 1.0, "hnsw": 1.0}}
@@ -84,12 +90,7 @@ def test_large_rows_stream_the_same_distractors_and_score_against_exact_search(c
     from offline_eval.map_bench import filler_chunks, recall_rows
     from offline_eval.map_bench_ivf import large_rows, print_large
     from vpr_core.map_ivf import IvfSettings
-    rng = np.random.default_rng(8)
-    feats = {}
-    for name in ("a", "b"):
-        db = rng.normal(size=(30, 32)).astype(np.float32)
-        db /= np.linalg.norm(db, axis=1, keepdims=True)
-        feats[name] = (db, filler(db, 30, noise=1.5, seed=5), [np.array([i]) for i in range(30)])
+    feats = _toy_datasets(8, 30, noise=1.5, query_seed=5)
     assert np.array_equal(np.concatenate([c for _, c in filler_chunks(feats["a"][0], 70000)]),
                           filler(feats["a"][0], 70000))
     ivf = IvfSettings(nprobe=2, train_at=200)
