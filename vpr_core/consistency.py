@@ -3,7 +3,12 @@ keyframes known to show one place (linked by accepted closures). Shared by the d
 offline replays of its decisions."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Counter, Dict, Optional, Sequence
+
+if TYPE_CHECKING:
+    from vpr_core.config import DetectorConfig
+    from vpr_core.decision import Decision, LoopClosure, PendingFrame
+    from vpr_core.keyframes import Keyframe
 
 
 class Consistency:
@@ -61,3 +66,30 @@ class PlaceLinks:
 
     def same(self, a: int, b: int) -> bool:
         return self.find(a) == self.find(b)
+
+
+def frame_number(kf: "Keyframe", period: float) -> float:
+    """A frame's place in time in camera frame periods (frames dropped under load leave gaps); its id when the
+    stream's stamps give no period (`period`: the one the frame was prepared with, 0 = none)."""
+    return kf.stamp_ns / period if period > 0 and kf.stamp_ns >= 0 else float(kf.id)
+
+
+def accept(p: "PendingFrame", d: "Decision", streak: Consistency, cfg: "DetectorConfig",
+           rejections: Counter) -> Optional["LoopClosure"]:
+    """The closure of a judged frame once `streak` (temporal consistency) agrees, else None with the reason
+    counted in `rejections`: one rule for the own map's closures and the fleet's, each with its own streak."""
+    from vpr_core.decision import LoopClosure
+    from vpr_core.local_features import Verification
+
+    streak.window = cfg.consistency_window  # a run-time parameter change applies at once
+    streak.span = max(1, cfg.temporal_consistency - 1)
+    d.streak = streak.update(None if d.rejected else frame_number(d.candidate.keyframe, p.period), p.frame_number)
+    if not d.rejected and d.streak < cfg.temporal_consistency:
+        d.rejected = "inconsistent"
+    if d.rejected:
+        rejections[d.rejected] += 1
+        return None
+    best = d.candidate
+    seq = d.score if cfg.sequence_length > 1 else float("nan")
+    return LoopClosure(p.query, best, best.verification if best.verification is not None else Verification(),
+                       sequence_score=seq, margin=d.margin)

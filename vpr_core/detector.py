@@ -19,8 +19,8 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 
 from vpr_core.config import DetectorConfig, RerankConfig
-from vpr_core.consistency import Consistency, PlaceLinks
-from vpr_core.decision import Decision, FrameResult, LoopClosure, PendingFrame, PlaceMatch, SequencePick
+from vpr_core.consistency import Consistency, PlaceLinks, accept, frame_number
+from vpr_core.decision import Decision, FrameResult, PendingFrame, PlaceMatch, SequencePick
 from vpr_core.fleet import FleetMatcher
 from vpr_core.geometry import CameraModel, PoseConfig
 from vpr_core.geometry.loop import NOT_ATTEMPTED, loop_pose
@@ -150,7 +150,7 @@ class LoopClosureDetector:
         period = self.sequence.period()
         pending = PendingFrame(query, self.db, found, positions, seq, why, query_local,
                                camera or self.cameras.get(frame_id), depth, contrast,
-                               self._frame_number(query, period), period, timings,
+                               frame_number(query, period), period, timings,
                                descriptor=np.asarray(descriptor, np.float32).reshape(-1))
         timings["decision"] = (time.perf_counter() - t_seq) * 1e3  # sequence scoring; decide adds the gates
         pending.is_keyframe = self.mapping and self.keyframes.wants(descriptor, query.stamp_ns, pose)
@@ -186,7 +186,7 @@ class LoopClosureDetector:
         v = decision.candidate.verification if decision.candidate is not None else None
         if v is not None and v.pose is not None:
             timings["pose"] = float(v.pose.time_ms)
-        closure = self._accept(p, decision)
+        closure = accept(p, decision, self.consistency, self.cfg, self.rejections)
         if p.is_keyframe and closure is not None:
             self.links.link(p.query.id, closure.match.id)  # the new keyframe shows the matched place
         return FrameResult(PlaceMatch(p.query, p.is_keyframe, candidates[:self.cfg.top_k],
@@ -363,31 +363,6 @@ class LoopClosureDetector:
         if position >= len(self.db) - self._excluded:
             return False
         return not too_recent(self.db.keyframe_at(position), stamp_ns, int(self.cfg.exclude_recent_s * 1e9))
-
-    def _accept(self, p: PendingFrame, d: Decision) -> Optional[LoopClosure]:
-        """Temporal consistency over the frames that passed the gates; count the rejection otherwise."""
-        self.consistency.window = self.cfg.consistency_window  # a run-time parameter change applies at once
-        self.consistency.span = max(1, self.cfg.temporal_consistency - 1)
-        query = p.query
-        d.streak = self.consistency.update(None if d.rejected else self._frame_number(d.candidate.keyframe, p.period),
-                                           p.frame_number)
-        if d.rejected:
-            self.rejections[d.rejected] += 1
-            return None
-        best = d.candidate
-        if d.streak < self.cfg.temporal_consistency:
-            d.rejected = "inconsistent"
-            self.rejections[d.rejected] += 1
-            return None
-        seq = d.score if self.cfg.sequence_length > 1 else float("nan")
-        return LoopClosure(query, best, best.verification if best.verification is not None else Verification(),
-                           sequence_score=seq, margin=d.margin)
-
-    @staticmethod
-    def _frame_number(kf: Keyframe, period: float) -> float:
-        """A frame's place in time in camera frame periods (frames dropped under load leave gaps); its id
-        when the stream's stamps give no period (`period`: the one the frame was prepared with, 0 = none)."""
-        return kf.stamp_ns / period if period > 0 and kf.stamp_ns >= 0 else float(kf.id)
 
     @property
     def next_id(self) -> int:

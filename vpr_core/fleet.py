@@ -14,10 +14,10 @@ from typing import Callable, Deque, Dict, List, Optional, Tuple
 import numpy as np
 
 from vpr_core.config import DetectorConfig
-from vpr_core.consistency import Consistency
+from vpr_core.consistency import Consistency, accept
 from vpr_core.decision import Decision, FleetResult, LoopClosure, PendingFrame
 from vpr_core.keyframes import Candidate, Keyframe
-from vpr_core.local_features import LocalFeatures, LocalFeatureStore, Verification
+from vpr_core.local_features import LocalFeatures, LocalFeatureStore
 from vpr_core.rerank import Reranker, rerank
 from vpr_core.sequence import SequenceMatcher, best_other
 from vpr_core.shared_map import SharedMap
@@ -208,24 +208,11 @@ class FleetMatcher:
         return d
 
     def _accept(self, p: PendingFrame, d: Decision) -> Optional[LoopClosure]:
-        """Temporal consistency of the fleet's own streak (a switch of robot or run breaks it)."""
-        self.consistency.window = self.cfg.consistency_window
-        self.consistency.span = max(1, self.cfg.temporal_consistency - 1)
-        match = None
+        """The own map's consistency rule on the fleet's own streak, which a switch of robot or run breaks."""
         if not d.rejected:
             kf = d.candidate.keyframe
-            match = kf.stamp_ns / p.period if p.period > 0 and kf.stamp_ns >= 0 else float(kf.id)
             if self.consistency.recent and self._run != (kf.robot, kf.session):
                 self.consistency.reset()
             self._run = (kf.robot, kf.session)
-        d.streak = self.consistency.update(match, p.frame_number)
-        if not d.rejected and d.streak < self.cfg.temporal_consistency:
-            d.rejected = "inconsistent"
-        if d.rejected:
-            self.rejections[d.rejected] += 1
-            return None
-        best = d.candidate
-        seq = d.score if self.cfg.sequence_length > 1 else float("nan")
-        return LoopClosure(p.query, best, best.verification if best.verification is not None else Verification(),
-                           sequence_score=seq, margin=d.margin)
+        return accept(p, d, self.consistency, self.cfg, self.rejections)
 
