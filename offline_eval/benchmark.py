@@ -117,12 +117,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     baseline = run_raw_pixels(ds) if "raw" in paths else None
     if "direct" in paths:
         extractor = DescriptorExtractor(cfg.model)
-        results.append(run_direct(cfg, ds, extractor=extractor))
-        if ds.revisited is not None:  # mAP needs every database image ranked: from the descriptors, exactly
+        feats = None
+        if ds.revisited is not None:  # mAP ranks every database image: the model runs over the dataset once, and
+            #                            the direct path maps and searches those same features
+            feats = extract_dataset(extractor, ds, cache=None if args.efficient_ram else default_cache(),
+                                    memmap=out if args.efficient_ram else None)
+        results.append(run_direct(cfg, ds, extractor=extractor, features=feats))
+        if feats is not None:
             from offline_eval.landmarks import landmark_scores, query_descriptors
-            db = extract_dataset(extractor, ds, cache=None if args.efficient_ram else default_cache(),
-                                 memmap=out if args.efficient_ram else None).database.global_desc
-            results[-1].landmarks = landmark_scores(query_descriptors(extractor, ds), db, ds.revisited)
+            results[-1].landmarks = landmark_scores(query_descriptors(extractor, ds), feats.database.global_desc,
+                                                    ds.revisited)
     if "replay" in paths:
         from offline_eval.replay import run_replay  # needs rclpy and vpr_msgs
         results.append(run_replay(cfg, ds, Path(tempfile.mkdtemp(dir=out, prefix="replay-"))))
