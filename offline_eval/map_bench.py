@@ -94,6 +94,18 @@ def _timed(fn, queries: np.ndarray) -> np.ndarray:
     return np.asarray(ms)
 
 
+def map_bytes(db: MapDatabase) -> int:
+    """Bytes of a map's descriptors as its file stores them: the FAISS index, counted as FAISS writes it (no
+    copy: 2.6 GB at 1M), and a compressed index's exact descriptors beside it."""
+    size = 0
+
+    def count(chunk: bytes) -> None:
+        nonlocal size
+        size += len(chunk)
+    faiss.write_index(db._cpu_index, faiss.PyCallbackIOWriter(count))
+    return size + (len(db.store) * db.store.row_bytes if db.store is not None else 0)
+
+
 def build_map(descs: np.ndarray, option: str, progress: bool = False) -> MapDatabase:
     """A map of these descriptors, keyframe i stamped i * 0.1 s."""
     return build_timed(descs, option, progress)[0]
@@ -160,7 +172,7 @@ def speed_rows(real: np.ndarray, sizes: Sequence[int], options: Sequence[str], k
             t0 = time.perf_counter()
             db, longest = build_timed(x, option, progress)
             build = time.perf_counter() - t0
-            size = len(faiss.serialize_index(db._cpu_index)) / n
+            size = map_bytes(db) / n
             ms = _timed(lambda q: db.search(q, k, stamp, count, window_ns), queries)
             lists = f" ({db.ivf_lists} lists, nprobe {db.ivf.nprobe})" if db.ivf_lists else ""
             rows.append(SpeedRow(n, f"map {option}{lists}", build, *_stats(ms), size, longest_add_ms=longest))
@@ -172,6 +184,7 @@ def speed_rows(real: np.ndarray, sizes: Sequence[int], options: Sequence[str], k
 class IoRow:
     keyframes: int
     local: bool
+    option: str
     file_mb: float
     read_s: float  # the file read into memory, nothing else: the floor
     save_s: float
@@ -180,8 +193,8 @@ class IoRow:
     load_peak_mb: float
 
 
-def io_row(real: np.ndarray, n: int, local: bool, folder: Path) -> IoRow:
-    """Save and load time of a flat map of n keyframes (with 300 x 112-D local features each, the
+def io_row(real: np.ndarray, n: int, local: bool, folder: Path, option: str = "flat") -> IoRow:
+    """Save and load time of a map of n keyframes (index `option`; with 300 x 112-D local features each, the
     re-ranking default's, when `local`), against reading the file's bytes, and the peak extra memory."""
     import tracemalloc
 
@@ -193,8 +206,8 @@ def io_row(real: np.ndarray, n: int, local: bool, folder: Path) -> IoRow:
         d = rng.standard_normal((300, 112)).astype(np.float32)
         pool.append(LocalFeatures(rng.uniform(0, 320, (300, 2)).astype(np.float32),
                                   (d / np.linalg.norm(d, axis=1, keepdims=True)).astype(np.float16), (240, 320)))
-    db = MapDatabase(x.shape[1], "flat", "false")
-    for i in range(n):
+    db = MapDatabase(x.shape[1], option, "false", ivf=IvfSettings(background=False))
+    for i in tqdm(range(n), desc=f"io {option} {n}", disable=n < 100_000):
         db.add(x[i], Keyframe(i, (i + 1) * PERIOD_NS), pool[i % len(pool)] if pool else None)
     path = folder / f"io_{n}_{int(local)}.vprmap"
     tracemalloc.start()
@@ -217,16 +230,16 @@ def io_row(real: np.ndarray, n: int, local: bool, folder: Path) -> IoRow:
     assert len(back) == n
     mb = path.stat().st_size / 1e6
     path.unlink()
-    return IoRow(n, local, mb, read_s, save_s, load_s, save_peak / 1e6, load_peak / 1e6)
+    return IoRow(n, local, option, mb, read_s, save_s, load_s, save_peak / 1e6, load_peak / 1e6)
 
 
 def print_io(rows: List[IoRow]) -> None:
-    print("\nSave and load (flat map; local features: 300 x 112-D per keyframe, float16; peak = Python/numpy "
+    print("\nSave and load (local features: 300 x 112-D per keyframe, float16; peak = Python/numpy "
           "allocations during the call)")
-    print("| keyframes | local features | file MB | read s | save s | load s | load / read | save peak MB | "
-          "load peak MB |\n|---|---|---|---|---|---|---|---|---|")
+    print("| keyframes | index | local features | file MB | read s | save s | load s | load / read | save peak MB | "
+          "load peak MB |\n|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r.keyframes:,} | {'yes' if r.local else 'no'} | {r.file_mb:,.0f} | {r.read_s:.2f} | {r.save_s:.2f} | "
+        print(f"| {r.keyframes:,} | {r.option} | {r.local and 'yes' or 'no'} | {r.file_mb:,.0f} | {r.read_s:.2f} | {r.save_s:.2f} | "
               f"{r.load_s:.2f} | {r.load_s / r.read_s:.1f}x | {r.save_peak_mb:,.0f} | {r.load_peak_mb:,.0f} |")
 
 
@@ -311,7 +324,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "a map of this many keyframes retrained in the adding thread and in the background at 10 Hz")
     ap.add_argument("--nprobes", default="16,32,64,128", help="IVF options' recall again at each of these nprobe")
     ap.add_argument("--io", default="20000:local,100000",
-                    help="save/load table: KEYFRAMES[:local],... ('' = skip); local = with local features")
+                    help="save/load table: KEYFRAMES[:local][:INDEX],... ('' = skip); local = with local features, "
+                         "INDEX a map.index option (default flat)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     options = [o.strip() for o in args.options.split(",") if o.strip()]
@@ -336,7 +350,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     k = max(d.top_k, d.sequence_candidates)
     print(f"{len(real)} real descriptors ({ex.dim}-D, {cfg.model.name}); FAISS threads {faiss.omp_get_max_threads()}")
     nprobes = [int(p) for p in args.nprobes.split(",") if p.strip()]
-    ivf = IvfSettings(cfg.map.ivf_nprobe, cfg.map.ivf_train_at, cfg.map.ivf_regrow, cfg.map.ivf_background_rebuild)
+    ivf = IvfSettings.of(cfg.map)
     if args.large or args.rebuild:
         from offline_eval.map_bench_ivf import large_rows, print_large, print_rebuild, rebuild_rows
         if args.rebuild:
@@ -351,11 +365,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                      args.distractors, first)
     rows = speed_rows(real, sizes, options, k, d.exclude_recent_count, d.exclude_recent_s, args.queries, progress)
     print_speed(rows, k, d.exclude_recent_count, d.exclude_recent_s)
-    io_cases = [(int(c.split(":")[0]), c.endswith(":local")) for c in args.io.split(",") if c.strip()]
+    io_cases = [c.strip().split(":") for c in args.io.split(",") if c.strip()]
     if io_cases:
         folder = REPO / "runs" / "map_bench"
         folder.mkdir(parents=True, exist_ok=True)
-        print_io([io_row(real, n, local, folder) for n, local in io_cases])
+        print_io([io_row(real, int(c[0]), "local" in c[1:], folder, next((o for o in c[1:] if o != "local"), "flat"))
+                  for c in io_cases])
     return 0
 
 

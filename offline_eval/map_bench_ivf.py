@@ -7,11 +7,10 @@ import time
 from dataclasses import dataclass, replace
 from typing import Dict, List, Sequence
 
-import faiss
 import numpy as np
 from tqdm import tqdm
 
-from offline_eval.map_bench import PERIOD_NS, _timed, build_timed, filler, filler_chunks
+from offline_eval.map_bench import PERIOD_NS, _timed, build_timed, filler, filler_chunks, map_bytes
 from vpr_core.keyframes import Keyframe
 from vpr_core.map_database import MapDatabase
 from vpr_core.map_ivf import IvfSettings, lists_for, rebuild, trained_size
@@ -49,7 +48,7 @@ def large_rows(features: Dict[str, tuple], n: int, options: Sequence[str], k: in
             ms = _timed(lambda q: db.search(q, k, stamp, count, window_ns), q_desc)
             row = {"keyframes": len(db), "dataset": name, "option": option, "build_s": build,
                    "longest_add_ms": longest * 1e3, "lists": db.ivf_lists, "median_ms": float(np.median(ms)),
-                   "p95_ms": float(np.percentile(ms, 95)), "bytes_per_kf": serialized_size(db._cpu_index) / len(db),
+                   "p95_ms": float(np.percentile(ms, 95)), "bytes_per_kf": map_bytes(db) / len(db),
                    "exact": exact, "recall": {}}
             for p in [db.ivf.nprobe, *nprobes]:
                 db.set_ivf(replace(db.ivf, nprobe=p))
@@ -72,17 +71,6 @@ def print_large(rows: List[dict], k: int, count: int, window_s: float) -> None:
         print(f"| {r['keyframes']:,} | {r['dataset']} | {r['option']} | {r['lists']} | {r['build_s']:.0f} | "
               f"{r['longest_add_ms']:,.0f} | {r['median_ms']:.2f} | {r['p95_ms']:.2f} | {r['bytes_per_kf']:,.0f} | "
               f"{r['exact']:.3f} | " + " | ".join(f"{r['recall'][p]:.3f}" if p in r["recall"] else "-" for p in probes) + " |")
-
-
-def serialized_size(index: faiss.Index) -> int:
-    """Bytes of the index as a map file stores it, counted as FAISS writes them (no copy: 2.6 GB at 1M)."""
-    size = 0
-
-    def count(chunk: bytes) -> None:
-        nonlocal size
-        size += len(chunk)
-    faiss.write_index(index, faiss.PyCallbackIOWriter(count))
-    return size
 
 
 @dataclass

@@ -60,13 +60,18 @@ class MapConfig:
     index: str = "flat"  # flat (exact) | flat_fp16 (exact over float16, half the memory) | hnsw (approximate, fast;
     #                      it can lose places in a map of dissimilar regions: README "The map across runs and robots")
     #                      | ivf_flat / ivf_fp16 (inverted lists trained on the map itself, float32 / float16 codes:
-    #                      fast at 100k-1M keyframes, recall of exact search; vpr_core.map_ivf)
+    #                      fast at 100k keyframes, recall of exact search; vpr_core.map_ivf) | ivf_rabitq (lists of
+    #                      4-bit RaBitQ codes, the shortlist re-scored exactly: 1M keyframes in ~3 ms, README)
     ivf_nprobe: int = 64  # ivf_*: lists scanned per search (more = closer to exact, slower): 64 keeps Recall@1 within a
     #                     point of exact at 100k keyframes; at 1M hard queries need 128 (README, map section)
     ivf_train_at: int = 8192  # ivf_*: keyframes before the lists are first trained (exact search until then)
     ivf_regrow: float = 2.0  # ivf_*: retrain (seconds at 100k+, logged) when the map has grown this many times
     ivf_background_rebuild: bool = True  # ivf_*: retrain in a worker thread on a copy of the index (the frame
     #                                      that starts it waits for the copy only; false = it waits for all of it)
+    ivf_shortlist: int = 32  # ivf_rabitq: keyframes shortlisted by their codes per search, then re-scored exactly
+    max_descriptor_mb: int = 0  # ivf_rabitq: keep at most this many MB of exact descriptors in memory (plus the 10 MB
+    #                             chunk being filled), the oldest in a spill file in spill_directory (every keyframe
+    #                             stays searchable by its code; 0 = all)
     use_gpu: str = "auto"  # auto | true | false (YAML booleans accepted): FAISS GPU index when usable
     path: str = ""  # map file for the save/load services, autoload and autosave ("" = none)
     autoload: bool = True  # load `path` on start when the file exists
@@ -91,6 +96,11 @@ class MapConfig:
     milvus_index: str = "FLAT"  # Milvus index type of the shared descriptors (FLAT, IVF_FLAT, HNSW, ...)
     fleet_top_k: int = 5  # other robots' keyframes searched per frame
     fleet_publish_period_s: float = 1.0  # keyframes are written to the shared map in batches this often
+
+    def __post_init__(self) -> None:
+        if self.max_descriptor_mb and self.index != "ivf_rabitq":
+            raise ValueError(f"max_descriptor_mb needs index: ivf_rabitq (a {self.index} index holds its descriptors "
+                             f"itself; bound it with a smaller index type or set max_descriptor_mb: 0)")
 
 
 @dataclass

@@ -80,6 +80,8 @@ CONFIG_RULES: Dict[str, Rule] = {
     "map.robot_id": Rule(lambda v: len(v) <= 256, "at most 256 characters"),
     "map.backend": _one_of("faiss", "milvus"),
     "map.max_local_mb": _between(0, 1 << 24, "0 = keep every keyframe's local features in memory"),
+    "map.ivf_shortlist": _between(1, 65536),
+    "map.max_descriptor_mb": _between(0, 1 << 24, "0 = keep every keyframe's exact descriptor in memory"),
     "map.milvus_collection": Rule(lambda v: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", v) is not None,
                                   "a Milvus collection name: letters, digits and _, not starting with a digit"),
     "map.milvus_index": Rule(lambda v: re.fullmatch(r"[A-Z0-9_]+", v) is not None, "a Milvus index type, e.g. FLAT"),

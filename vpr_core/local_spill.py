@@ -1,7 +1,7 @@
-"""Local features moved out of memory (`map.max_local_mb`): appended to one scratch file and read back by
-position when a candidate needs verifying. A record is the keyframe's float32 xy then its float16
-descriptors, exactly as held in memory; the file is private to the process and removed when it ends (the
-map file, written by a save, is what persists).
+"""Map data moved out of memory: appended to one scratch file and read back by position. Local features
+(`map.max_local_mb`) are records of the keyframe's float32 xy then its float16 descriptors, exactly as held
+in memory; global descriptors (`map.max_descriptor_mb`, vpr_core.descriptor_store) are whole chunks of rows.
+The file is private to the process and removed when it ends (the map file, written by a save, is what persists).
 """
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from vpr_core.local_features import LocalFeatures
 
 
 class SpillFile:
-    """An append-only scratch file of local-feature records; reads and writes are positional (thread-safe)."""
+    """An append-only scratch file of records; reads and writes are positional (thread-safe)."""
 
-    def __init__(self, directory: str = "") -> None:
-        self._fh = tempfile.TemporaryFile(dir=directory or None, prefix="vpr-local-spill-")
+    def __init__(self, directory: str = "", what: str = "local-feature") -> None:
+        self.what = what  # named in errors and in the file's name
+        self._fh = tempfile.TemporaryFile(dir=directory or None, prefix=f"vpr-{what}-spill-")
         self._end = 0
         self._lock = threading.Lock()
 
@@ -27,20 +28,25 @@ class SpillFile:
     def size(self) -> int:
         return self._end
 
-    def write(self, lf: LocalFeatures) -> "Spilled":
-        data = np.ascontiguousarray(lf.xy, "<f4").tobytes() + np.ascontiguousarray(lf.desc, "<f2").tobytes()
+    def append(self, data: bytes | memoryview) -> int:
+        """Write one record at the end; returns its offset."""
+        size = memoryview(data).nbytes
         with self._lock:
             offset = self._end
             written = os.pwrite(self._fh.fileno(), data, offset)
-            if written != len(data):
-                raise OSError(f"short write to the local-feature spill file ({written} of {len(data)} bytes)")
-            self._end += len(data)
-        return Spilled(self, offset, len(lf), lf.dim, tuple(lf.image_hw))
+            if written != size:
+                raise OSError(f"short write to the {self.what} spill file ({written} of {size} bytes)")
+            self._end += size
+        return offset
+
+    def write(self, lf: LocalFeatures) -> "Spilled":
+        data = np.ascontiguousarray(lf.xy, "<f4").tobytes() + np.ascontiguousarray(lf.desc, "<f2").tobytes()
+        return Spilled(self, self.append(data), len(lf), lf.dim, tuple(lf.image_hw))
 
     def read(self, offset: int, size: int) -> bytes:
         data = os.pread(self._fh.fileno(), size, offset)
         if len(data) != size:
-            raise OSError(f"the local-feature spill file ends at {offset + len(data)}, record needs {offset + size}")
+            raise OSError(f"the {self.what} spill file ends at {offset + len(data)}, record needs {offset + size}")
         return data
 
     def close(self) -> None:

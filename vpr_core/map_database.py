@@ -7,29 +7,27 @@ vpr_core.map_file; index types and their byte layout in vpr_core.map_index; the 
 rebuilds as the map grows in vpr_core.map_ivf (positions, ids and stored descriptors survive them).
 
 Keyframes' local features (for re-ranking) live beside the index in a `LocalFeatureStore`
-(vpr_core.local_features), saved in the same map file as `local.npz`, covered by the checksum. Format
-version 3 (the model's fingerprint, each keyframe's session and robot); versions 1 (no local features)
-and 2 load. Keyframe and Candidate are vpr_core.keyframes'; joining two maps is vpr_core.map_merge's.
+(vpr_core.local_features), saved in the same map file as `local.npz`, covered by the checksum; a compressed
+index's exact descriptors in a `DescriptorStore` (vpr_core.descriptor_store), saved as `descriptors.f16`.
+Format version 4; versions 1 (no local features), 2 and 3 load. Saving is vpr_core.map_frozen's. Keyframe and Candidate are vpr_core.keyframes'; joining two maps is vpr_core.map_merge's.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import faiss
 import numpy as np
 
+from vpr_core.descriptor_store import DescriptorStore
 from vpr_core.keyframes import Candidate, Keyframe
-from vpr_core.local_features import DescriptorError, LocalFeatures, LocalFeatureStore, local_npz, write_local_npz
-from vpr_core.map_file import (DEFAULT_MAX_BYTES, INDEX_MEMBER, LOCAL_MEMBER, MAGIC, META_MEMBER, VERSION, MapError,
-                               file_sha256, read_map_file, write_map_file)
+from vpr_core.local_features import DescriptorError, LocalFeatures, LocalFeatureStore
+from vpr_core.map_file import DEFAULT_MAX_BYTES, LOCAL_MEMBER, MapError, read_map_file
+from vpr_core.map_frozen import FrozenMap
 from vpr_core.map_index import INDEX_TYPES, search_parameters
-from vpr_core.map_ivf import IvfSettings, PendingRebuild, configure, is_ivf, lists_due, rebuild
+from vpr_core.map_ivf import IvfSettings, PendingRebuild, compressed, configure, is_ivf, lists_due, rebuild
 
 log = logging.getLogger(__name__)
 
@@ -55,53 +53,6 @@ def too_recent(kf: Keyframe, query_stamp_ns: Optional[int], exclude_recent_ns: i
 
 def gpu_usable() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
-
-
-@dataclass
-class FrozenMap:
-    """A map as it was at `MapDatabase.freeze`, encoded into the file's header and members later, outside
-    the lock (JSON, npz and checksums of a big map take seconds; frames must not wait for them)."""
-    dim: int
-    index_type: str
-    model: str
-    next_id: int
-    index: faiss.Index  # a copy, serialised by `encode`
-    order: List[int]
-    keyframes: List[Keyframe]
-    local_items: List[Tuple[int, LocalFeatures]]
-    local_dim: int
-
-    def encode(self, spools: Optional[Tuple[BinaryIO, BinaryIO]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-        """The file's header and members. With `spools` (two seekable scratch files) the FAISS index and
-        local.npz are written there, streamed, and their members are the files, not bytes: a save then never
-        holds the index or the local features a second time (they are all of a map but its metadata)."""
-        # vars, not asdict: asdict deep-copies every field (1.6 s of a 100k-keyframe save); JSON only reads them
-        meta = json.dumps({"order": self.order, "keyframes": [vars(kf) for kf in self.keyframes]}).encode()
-        if spools is None:
-            index: Any = faiss.serialize_index(self.index)  # uint8 array, written as is
-            local: Any = local_npz(self.local_items, self.local_dim)
-            index_sha, local_sha = hashlib.sha256(index).hexdigest(), hashlib.sha256(local).hexdigest()
-        else:
-            index, local = spools
-            faiss.write_index(self.index, faiss.PyCallbackIOWriter(index.write))
-            write_local_npz(self.local_items, self.local_dim, local)
-            index.flush()
-            local.flush()
-            index_sha, local_sha = file_sha256(index), file_sha256(local)
-        header = {"magic": MAGIC, "version": VERSION, "dim": self.dim, "index_type": self.index_type,
-                  "model": self.model, "count": len(self.order), "next_id": self.next_id,
-                  "sha256_index": index_sha, "sha256_meta": hashlib.sha256(meta).hexdigest(),
-                  "local_dim": self.local_dim, "local_count": len(self.local_items), "sha256_local": local_sha}
-        return header, {META_MEMBER: meta, INDEX_MEMBER: index, LOCAL_MEMBER: local}
-
-    def save(self, path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
-        """Write the frozen map atomically, its index and local features spooled through scratch files beside
-        `path` (removed when the save ends)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent, prefix=".index-spool-") as index, \
-                tempfile.TemporaryFile(dir=path.parent, prefix=".local-spool-") as local:
-            return write_map_file(path, *self.encode((index, local)), max_bytes)
 
 
 @dataclass
@@ -135,6 +86,8 @@ class MapDatabase:
             if self.index_type == "flat":
                 self._index = faiss.index_cpu_to_all_gpus(self._cpu_index)
         self.on_gpu = self._index is not self._cpu_index
+        # a compressed index's exact descriptors (re-scoring, sequence matching, rebuilds); None: the index has them
+        self.store: Optional[DescriptorStore] = DescriptorStore(self.dim) if compressed(self._cpu_index) else None
         self._rebuilding: Optional[PendingRebuild] = None  # an IVF rebuild running in the background
         self._rebuild_after = 0  # after a failed rebuild: map size before which none is tried again
         self._position: Dict[int, int] = {kid: p for p, kid in enumerate(self._order)}  # id -> insertion position
@@ -191,6 +144,8 @@ class MapDatabase:
         self._index.add_with_ids(vec, ids)
         if self.on_gpu:  # the host copy stays current: sequence matching, reconstruction and saving read it
             self._cpu_index.add_with_ids(vec, ids)
+        if self.store is not None:
+            self.store.append(vec)
         if checked is not None:
             self.local.put(keyframe.id, checked)
             keyframe.local_features = LOCAL_MEMBER
@@ -224,10 +179,11 @@ class MapDatabase:
                 self.wait_rebuild()
             return
         nlist = lists_due(self._cpu_index, self.ivf) if len(self) >= self._rebuild_after else 0
+        read = self.store.rows if self.store is not None else None  # exact descriptors, not codes
         if nlist and self.ivf.background:
-            self._adopt(lambda: PendingRebuild(self._cpu_index, nlist), pending=True)
+            self._adopt(lambda: PendingRebuild(self._cpu_index, nlist, read), pending=True)
         elif nlist:
-            self._adopt(lambda: rebuild(self._cpu_index, nlist))
+            self._adopt(lambda: rebuild(self._cpu_index, nlist, read))
 
     def wait_rebuild(self) -> None:
         """Finish a background IVF rebuild now, if one runs (it is adopted with every keyframe added meanwhile)."""
@@ -261,7 +217,8 @@ class MapDatabase:
         """Top-k keyframes by cosine similarity, skipping the last `exclude_recent_count` added and any
         within `exclude_recent_ns` of `query_stamp_ns` (so a robot does not "close a loop" with itself).
         One FAISS search: the excluded keyframes are left out inside it (an id selector), not filtered
-        after it, so a frame that looks most like its own recent past does not rescan the map."""
+        after it, so a frame that looks most like its own recent past does not rescan the map. A compressed
+        index shortlists `ivf.shortlist` keyframes by their codes, re-scored exactly here."""
         vec = self._check(descriptor)
         if k <= 0 or not len(self):
             return []
@@ -269,6 +226,23 @@ class MapDatabase:
         k = min(k, len(self) - len(excluded))
         if k <= 0:
             return []
+        if self.store is None:
+            scores, ids = self._search(vec, k, excluded)
+        else:
+            scores, ids = self._rescored(vec, k, excluded)
+        return [Candidate(self.keyframes[int(kid)], float(score)) for score, kid in zip(scores[0], ids[0]) if kid >= 0]
+
+    def _rescored(self, vec: np.ndarray, k: int, excluded: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """The top k of a compressed index's shortlist by exact score against the stored descriptors."""
+        _, ids = self._search(vec, min(len(self) - len(excluded), max(k, self.ivf.shortlist)), excluded)
+        ids = ids[0][ids[0] >= 0]
+        positions = np.fromiter((self._position[int(i)] for i in ids), np.int64, len(ids))
+        exact = self.store.rows(positions) @ vec[0]
+        best = np.argsort(-exact, kind="stable")[:k]
+        return exact[best][None], ids[best][None]
+
+    def _search(self, vec: np.ndarray, k: int, excluded: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """FAISS's top k (scores and ids, (1, k)) leaving the `excluded` ids out."""
         if not len(excluded):
             scores, ids = self._index.search(vec, k)
         elif self.on_gpu:  # GPU indexes take no id selector: fetch enough to drop the excluded ones
@@ -277,7 +251,7 @@ class MapDatabase:
             scores, ids = scores[:, keep][:, :k], ids[:, keep][:, :k]
         else:
             scores, ids = self._index.search(vec, k, params=self._without(excluded))
-        return [Candidate(self.keyframes[int(kid)], float(score)) for score, kid in zip(scores[0], ids[0]) if kid >= 0]
+        return scores, ids
 
     def excluded_ids(self, query_stamp_ns: Optional[int], recent_count: int, recent_ns: int) -> np.ndarray:
         """Ids of the last `recent_count` keyframes added and of those within `recent_ns` of the query's stamp
@@ -319,11 +293,13 @@ class MapDatabase:
             return np.zeros((0, self.dim), np.float32)
         if positions.min() < 0 or positions.max() >= len(self):
             raise IndexError(f"keyframe positions must lie in [0, {len(self)}), got {positions.min()}..{positions.max()}")
+        if self.store is not None:
+            return self.store.rows(positions)
         return faiss.downcast_index(self._cpu_index.index).reconstruct_batch(positions)
 
     def descriptors(self, ids: Sequence[int]) -> np.ndarray:
         """Stored descriptors of keyframes (exact for the flat index)."""
-        return np.stack([self._cpu_index.reconstruct(int(i)) for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
+        return self.descriptors_at(np.array([self._position[int(i)] for i in ids], np.int64))
 
     # ---- persistence (file format: vpr_core.map_file) ------------------------------------------
     def freeze(self) -> "FrozenMap":
@@ -332,7 +308,7 @@ class MapDatabase:
         order = list(self._order)  # a background IVF rebuild is not waited for: the current index is complete
         return FrozenMap(self.dim, self.index_type, self.model, self.next_id,
                          faiss.clone_index(self._cpu_index),  # 2.6x faster than serialising it; host copy is current
-                         order, [self.keyframes[i] for i in order], self.local.items(order), self.local.dim)
+                         order, [self.keyframes[i] for i in order], self.local.items(order), self.local.dim, self.store)
 
     def snapshot(self) -> Tuple[Dict[str, Any], Dict[str, bytes]]:
         """The map file's header and members as bytes."""
@@ -372,6 +348,11 @@ class MapDatabase:
         db._reindex_stamps()
         db.id_floor = header.get("next_id", 0)
         db.model = header.get("model", "")
+        if contents.descriptor_bytes is not None:
+            try:
+                db.store = DescriptorStore.from_buffer(contents.descriptor_bytes, header["dim"], header["count"])
+            except ValueError as exc:
+                raise MapError(f"{path}: its descriptors are unreadable ({exc})") from None
         if contents.local_bytes is not None:
             try:
                 db.local = LocalFeatureStore.from_bytes(contents.local_bytes)

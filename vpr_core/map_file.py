@@ -1,5 +1,6 @@
 """The map file format: a zip of header.json, keyframes.json, index.faiss (and local.npz from version 2;
-version 3 adds the model's fingerprint to the header and a session and robot to each keyframe), stored
+version 3 adds the model's fingerprint to the header and a session and robot to each keyframe; version 4 adds
+descriptors.f16, the exact float16 descriptors of an index that holds only codes: `ivf_rabitq`), stored
 uncompressed; written to a temporary file, fsynced and renamed, so a crash never leaves half a map.
 
 Reading trusts nothing in the file. Only a regular file is opened (a FIFO or device would block or never
@@ -29,12 +30,14 @@ from vpr_core.map_index import INDEX_LAYOUTS, IndexFormatError, check_index_byte
 from vpr_core.zip_reader import check_directory, stored_span
 
 MAGIC = "vpr_ros-map"
-VERSION = 3  # 2: local.npz (keyframes' local features) added; 3: the model's fingerprint, keyframes' session and robot
-READABLE_VERSIONS = (1, 2, 3)
+VERSION = 4  # 2: local.npz (keyframes' local features) added; 3: the model's fingerprint, keyframes' session and robot;
+#              4: descriptors.f16 beside a compressed index (a flat or IVF map's version 4 file equals its version 3 one)
+READABLE_VERSIONS = (1, 2, 3, 4)
 HEADER_MEMBER, META_MEMBER, INDEX_MEMBER = "header.json", "keyframes.json", "index.faiss"
 LOCAL_MEMBER = "local.npz"  # member of the map file holding the local features
+DESCRIPTORS_MEMBER = "descriptors.f16"  # count x dim little-endian float16, insertion order (compressed indexes only)
 MEMBERS = {1: (HEADER_MEMBER, META_MEMBER, INDEX_MEMBER), 2: (HEADER_MEMBER, META_MEMBER, INDEX_MEMBER, LOCAL_MEMBER),
-           3: (HEADER_MEMBER, META_MEMBER, INDEX_MEMBER, LOCAL_MEMBER)}
+           3: (HEADER_MEMBER, META_MEMBER, INDEX_MEMBER, LOCAL_MEMBER), 4: (HEADER_MEMBER, META_MEMBER, INDEX_MEMBER, LOCAL_MEMBER)}
 DEFAULT_MAX_BYTES = 4096 << 20  # config map.max_file_mb
 HEADER_MAX_BYTES = 64 << 10
 KEYFRAME_JSON_BYTES = 16 << 10  # keyframes.json bytes per keyframe at most (ids, stamp, pose, a long frame id)
@@ -88,7 +91,14 @@ HEADER_FIELDS: Dict[str, Field] = {  # checked in this order: magic and version 
     "local_count": Field(int, _within(0, MAX_COUNT), since=2),
     "sha256_local": Field(str, _sha, since=2),
     "model": Field(str, lambda v: None if len(v) <= 256 else "is longer than 256 characters", since=3),
+    "sha256_descriptors": Field(str, _sha, since=4, optional=True),  # with descriptors.f16
 }
+
+
+def expected_members(header: Mapping[str, Any]) -> Tuple[str, ...]:
+    """The zip members a map with this (validated) header holds."""
+    extra = (DESCRIPTORS_MEMBER,) if INDEX_LAYOUTS[header["index_type"]].separate_descriptors else ()
+    return MEMBERS[header["version"]] + extra
 
 
 def _typed(value: Any, kind: type | Tuple[type, ...]) -> bool:
@@ -119,6 +129,10 @@ def validate_header(header: Any, where: str) -> Dict[str, Any]:
         problem = f.check(value)
         if problem:
             raise MapError(f"{where}: header field '{name}' {problem}")
+    separate = INDEX_LAYOUTS[header["index_type"]].separate_descriptors
+    if separate != ("sha256_descriptors" in header) or (separate and header["version"] < 4):
+        raise MapError(f"{where}: a {header['index_type']} map of version {header['version']} "
+                       f"{'needs' if separate else 'has no'} descriptors (header field sha256_descriptors)")
     if header.get("local_count", 0) > header["count"]:
         raise MapError(f"{where}: local features and keyframes disagree (header local_count "
                        f"{header['local_count']} > count {header['count']})")
@@ -133,6 +147,8 @@ def member_limits(header: Mapping[str, Any], max_bytes: int) -> Dict[str, int]:
     if header["version"] >= 2:
         per_keyframe = MAX_LOCAL_FEATURES * (2 * header["local_dim"] + 8) + 64
         limits[LOCAL_MEMBER] = (64 << 10) + header["local_count"] * per_keyframe
+    if DESCRIPTORS_MEMBER in expected_members(header):
+        limits[DESCRIPTORS_MEMBER] = 2 * header["dim"] * count
     return {k: min(v, max_bytes) for k, v in limits.items()}
 
 
@@ -268,6 +284,7 @@ class MapContents:
     index_bytes: bytes | bytearray
     index_ids: np.ndarray
     local_bytes: Optional[bytes | bytearray]
+    descriptor_bytes: Optional[bytes | bytearray] = None  # exact descriptors of a compressed index
 
 
 def read_map_file(path: str | Path, expected_dim: Optional[int] = None,
@@ -315,18 +332,21 @@ def _read(fh: BinaryIO, size: int, path: Path, expected_dim: Optional[int], max_
         if expected_dim is not None and header["dim"] != expected_dim:
             raise MapError(f"{path} holds {header['dim']}-D descriptors but the model produces {expected_dim}-D: "
                            f"it was built with another model; rebuild the map or switch model")
-        expected = MEMBERS[header["version"]]
+        expected = expected_members(header)
         if sorted(names) != sorted(expected):
             raise MapError(f"{path}: a version {header['version']} map holds {list(expected)}, this file {names}")
         limits = member_limits(header, max_bytes)
         meta = member(META_MEMBER, limits[META_MEMBER])
         index_bytes = member(INDEX_MEMBER, limits[INDEX_MEMBER])
         local_bytes = member(LOCAL_MEMBER, limits[LOCAL_MEMBER]) if LOCAL_MEMBER in expected else None
+        descriptor_bytes = member(DESCRIPTORS_MEMBER, limits[DESCRIPTORS_MEMBER]) if DESCRIPTORS_MEMBER in expected else None
     if hashlib.sha256(index_bytes).hexdigest() != header["sha256_index"] or \
             hashlib.sha256(meta).hexdigest() != header["sha256_meta"]:
         raise MapError(f"{path} failed its checksum: the file is corrupt")
     if local_bytes is not None and hashlib.sha256(local_bytes).hexdigest() != header["sha256_local"]:
         raise MapError(f"{path} failed its checksum (local features): the file is corrupt")
+    if descriptor_bytes is not None and hashlib.sha256(descriptor_bytes).hexdigest() != header["sha256_descriptors"]:
+        raise MapError(f"{path} failed its checksum (descriptors): the file is corrupt")
     order, keyframes = validate_keyframes(json.loads(meta), header["count"], str(path))
     try:
         ids = check_index_bytes(index_bytes, header["index_type"], header["dim"], header["count"])
@@ -335,7 +355,7 @@ def _read(fh: BinaryIO, size: int, path: Path, expected_dim: Optional[int], max_
                        f"{header['dim']}-D vectors: {exc}") from None
     if ids.tolist() != order:  # the same ids in the same insertion order: positions in the index are the route's
         raise MapError(f"{path}: the index's ids and the keyframes' order disagree")
-    return MapContents(header, order, keyframes, index_bytes, ids, local_bytes)
+    return MapContents(header, order, keyframes, index_bytes, ids, local_bytes, descriptor_bytes)
 
 
 def is_map_file(path: str | Path) -> bool:

@@ -16,6 +16,11 @@ README), so by default (`background`) it runs in a worker thread on a copy of th
 the adding frame waits only for the copy) while the map keeps adding to and searching the old index; the
 keyframes added meanwhile are moved over when it is adopted. Either way it is logged, and it comes only at
 each doubling.
+
+`ivf_rabitq` lists hold 4-bit RaBitQ codes (FAISS's IndexIVFRaBitQ: a data-independent quantizer, so keyframes
+of a place the map had never seen when it was trained are coded as well as the rest): a search shortlists
+`shortlist` keyframes by their codes and the map re-scores them exactly against its DescriptorStore
+(vpr_core.descriptor_store), which is also what rebuilds and `descriptors_at` read (codes are approximate).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import faiss
 import numpy as np
@@ -35,6 +40,7 @@ LISTS_PER_SQRT = 2.0  # nlist = 2 sqrt(N): 632 lists at 100k keyframes (README: 
 MIN_POINTS_PER_LIST = 39  # FAISS's k-means wants this many training points per centroid
 TRAIN_POINTS_PER_LIST = 48  # k-means sample per list (training time grows with it)
 KMEANS_ITERATIONS = 10
+RABITQ_BITS = 4  # bits per dimension of ivf_rabitq codes (1280-D: 660 B per keyframe); README: recall vs bits
 MOVE_CHUNK = 65536  # keyframes moved per batch during a rebuild (bounds its extra memory)
 
 
@@ -46,6 +52,7 @@ class IvfSettings:
     train_at: int = 8192  # keyframes before the first training (exact search up to there)
     regrow: float = 2.0  # retrain when the map has this many times the keyframes it was trained at
     background: bool = True  # rebuild in a worker thread on a copy (False: in the adding thread, it waits)
+    shortlist: int = 32  # ivf_rabitq: keyframes shortlisted by their codes, then re-scored exactly
 
     def __post_init__(self) -> None:
         if self.nprobe < 1:
@@ -55,14 +62,25 @@ class IvfSettings:
                              f"got {self.train_at}")
         if not self.regrow > 1.0:
             raise ValueError(f"IVF regrow must be > 1 (a growth factor), got {self.regrow}")
+        if self.shortlist < 1:
+            raise ValueError(f"IVF shortlist must be >= 1, got {self.shortlist}")
+
+    @classmethod
+    def of(cls, map_cfg: Any) -> "IvfSettings":
+        """The settings in a config's map section (`map.ivf_*`, vpr_core.config.MapConfig)."""
+        return cls(map_cfg.ivf_nprobe, map_cfg.ivf_train_at, map_cfg.ivf_regrow, map_cfg.ivf_background_rebuild,
+                   map_cfg.ivf_shortlist)
 
 
 IVF_CODES: Dict[str, Callable[[faiss.Index, int, int], faiss.IndexIVF]] = {  # how the lists store descriptors
     "flat": lambda quantizer, dim, nlist: faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT),
     "fp16": lambda quantizer, dim, nlist: faiss.IndexIVFScalarQuantizer(
         quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT, False),  # not residual
+    "rabitq": lambda quantizer, dim, nlist: faiss.IndexIVFRaBitQ(
+        quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT, True, RABITQ_BITS),  # on residuals, by design
 }
-_CODES_OF = {faiss.IndexIVFFlat: "flat", faiss.IndexIVFScalarQuantizer: "fp16"}
+_CODES_OF = {faiss.IndexIVFFlat: "flat", faiss.IndexIVFScalarQuantizer: "fp16", faiss.IndexIVFRaBitQ: "rabitq"}
+Reader = Callable[[np.ndarray], np.ndarray]  # insertion positions -> exact float32 descriptors
 
 
 def lists_for(n: int) -> int:
@@ -95,6 +113,11 @@ def new_map_index(dim: int, codes: str) -> faiss.IndexIDMap2:
     return faiss.IndexIDMap2(new_ivf(dim, codes, np.zeros((1, dim), np.float32)))
 
 
+def compressed(index: faiss.Index) -> bool:
+    """Whether a map's index (IndexIDMap2) keeps approximate codes only (its exact descriptors are stored beside it)."""
+    return isinstance(faiss.downcast_index(index.index), faiss.IndexIVFRaBitQ)
+
+
 def is_ivf(index: faiss.Index) -> bool:
     """Whether a map's index (IndexIDMap2) holds inverted lists."""
     return isinstance(faiss.downcast_index(index.index), faiss.IndexIVF)
@@ -118,14 +141,16 @@ def lists_due(index: faiss.IndexIDMap2, settings: IvfSettings) -> int:
     return want if grown and want > nlist else 0
 
 
-def rebuild(index: faiss.IndexIDMap2, nlist: int) -> faiss.IndexIDMap2:
+def rebuild(index: faiss.IndexIDMap2, nlist: int, read: Optional[Reader] = None) -> faiss.IndexIDMap2:
     """A new IVF map index of `nlist` lists trained on a sample of this one's stored descriptors, holding
-    all of them at the same positions with the same ids (the old index is not changed)."""
+    all of them at the same positions with the same ids (the old index is not changed). `read` gives the
+    exact descriptors at positions (default: the index's own, exact unless it is compressed)."""
     old = faiss.downcast_index(index.index)
+    read = read or old.reconstruct_batch
     n, dim = index.ntotal, index.d
     t0 = time.perf_counter()
     rng = np.random.default_rng(n)  # the same map gives the same lists
-    sample = old.reconstruct_batch(np.sort(rng.choice(n, min(n, TRAIN_POINTS_PER_LIST * nlist), replace=False)))
+    sample = read(np.sort(rng.choice(n, min(n, TRAIN_POINTS_PER_LIST * nlist), replace=False)))
     kmeans = faiss.Kmeans(dim, nlist, niter=KMEANS_ITERATIONS, spherical=True, seed=int(n) & 0x7FFFFFFF,
                           max_points_per_centroid=TRAIN_POINTS_PER_LIST, min_points_per_centroid=1)
     kmeans.train(sample)
@@ -134,28 +159,30 @@ def rebuild(index: faiss.IndexIDMap2, nlist: int) -> faiss.IndexIDMap2:
     inner = new_ivf(dim, _CODES_OF[type(old)], kmeans.centroids)
     inner.nprobe = old.nprobe
     out = faiss.IndexIDMap2(inner)
-    move(index, out, 0)
+    move(index, out, 0, read)
     log.info("IVF map rebuilt: %d keyframes into %d lists (was %d) in %.1f s (k-means %.1f s, moving %.1f s)",
              n, nlist, old.nlist, time.perf_counter() - t0, t1 - t0, time.perf_counter() - t1)
     return out
 
 
-def move(src: faiss.IndexIDMap2, dst: faiss.IndexIDMap2, start: int) -> None:
+def move(src: faiss.IndexIDMap2, dst: faiss.IndexIDMap2, start: int, read: Optional[Reader] = None) -> None:
     """Add `src`'s keyframes from position `start` on to `dst`, in position order with their ids (keyframe p
-    lands at position p again when `dst` holds the first `start`)."""
-    inner, n = faiss.downcast_index(src.index), src.ntotal
+    lands at position p again when `dst` holds the first `start`); `read` as for `rebuild`."""
+    read = read or faiss.downcast_index(src.index).reconstruct_batch
+    n = src.ntotal
     ids = faiss.vector_to_array(src.id_map)
     for a in range(start, n, MOVE_CHUNK):
         pos = np.arange(a, min(n, a + MOVE_CHUNK))
-        dst.add_with_ids(inner.reconstruct_batch(pos), ids[pos])
+        dst.add_with_ids(read(pos), ids[pos])
 
 
 class PendingRebuild:
     """A rebuild running in a worker thread on a copy of the map's index as it was at `size` keyframes (FAISS
     releases the GIL, so the map keeps adding and searching meanwhile); `finish` adopts it."""
 
-    def __init__(self, index: faiss.IndexIDMap2, nlist: int) -> None:
+    def __init__(self, index: faiss.IndexIDMap2, nlist: int, read: Optional[Reader] = None) -> None:
         self.size = index.ntotal
+        self._read = read
         snapshot = faiss.clone_index(index)  # the worker never touches the live index, which keeps growing
         self._result: Optional[faiss.IndexIDMap2] = None
         self._error: Optional[BaseException] = None
@@ -164,7 +191,7 @@ class PendingRebuild:
 
     def _run(self, snapshot: faiss.IndexIDMap2, nlist: int) -> None:
         try:
-            self._result = rebuild(snapshot, nlist)
+            self._result = rebuild(snapshot, nlist, self._read)
         except BaseException as exc:  # noqa: BLE001 -- reported by finish(), in the map's thread
             self._error = exc
 
@@ -178,6 +205,6 @@ class PendingRebuild:
         if self._error is not None:
             raise self._error
         out, self._result = self._result, None
-        move(live, out, self.size)
+        move(live, out, self.size, self._read)
         return out
 

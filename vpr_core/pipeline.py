@@ -265,13 +265,19 @@ class PlaceRecognizer:
         """An empty map that records which model's descriptors it will hold."""
         db = MapDatabase(self.extractor.dim, self.cfg.map.index, self.cfg.map.use_gpu,
                          model=getattr(self.extractor, "fingerprint", ""), ivf=self._ivf_settings())
-        db.local.limit(self.cfg.map.max_local_mb << 20, self.cfg.map.spill_directory)
+        self._limit(db)
         return db
+
+    def _limit(self, db: MapDatabase) -> None:
+        """Apply the config's memory budgets (local features, a compressed index's exact descriptors) to a map."""
+        m = self.cfg.map
+        db.local.limit(m.max_local_mb << 20, m.spill_directory)
+        if db.store is not None:
+            db.store.limit(m.max_descriptor_mb << 20, m.spill_directory)
 
     def _ivf_settings(self) -> IvfSettings:
         """The IVF map types' search and training settings from the config's map section."""
-        m = self.cfg.map
-        return IvfSettings(m.ivf_nprobe, m.ivf_train_at, m.ivf_regrow, m.ivf_background_rebuild)
+        return IvfSettings.of(self.cfg.map)
 
     def record_stage(self, stage: str, ms: float) -> None:
         """Time spent outside the pipeline on a processed frame (the node's image decoding)."""
@@ -339,7 +345,7 @@ class PlaceRecognizer:
                 raise MapError(f"{path} holds {db.local.dim}-D local features but the model produces "
                                f"{self._local_dim}-D ones: it was built with another local head; rebuild it "
                                f"(the in-memory map was left unchanged)")
-            db.local.limit(self.cfg.map.max_local_mb << 20, self.cfg.map.spill_directory)
+            self._limit(db)
             self.db = db
             self.detector.reset_map(db)
         return len(db)

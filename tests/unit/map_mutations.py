@@ -22,7 +22,8 @@ import zipfile
 from pathlib import Path
 from typing import Dict, Iterator, Tuple
 
-SHA = {"index.faiss": "sha256_index", "keyframes.json": "sha256_meta", "local.npz": "sha256_local"}
+SHA = {"index.faiss": "sha256_index", "keyframes.json": "sha256_meta", "local.npz": "sha256_local",
+       "descriptors.f16": "sha256_descriptors"}
 Members = Dict[str, bytes]
 
 
@@ -193,7 +194,7 @@ def _ivf_cases(ms: Members) -> Iterator[Tuple[str, bytes]]:
         d = bytearray(index)
         struct.pack_into("<" + fmt, d, at, value)
         return f"ivf-{name}", pack({**ms, "index.faiss": bytes(d)})
-    for tag in (b"IwFl", b"IwSq"):
+    for tag in (b"IwFl", b"IwSq", b"Iwrr"):
         at = index.find(tag)
         if at < 0:
             continue
@@ -212,6 +213,13 @@ def _ivf_cases(ms: Members) -> Iterator[Tuple[str, bytes]]:
             d = bytearray(index)
             d[dm + 9:dm + 17], d[dm + 17:dm + 25] = index[dm + 17:dm + 25], index[dm + 9:dm + 17]
             yield "ivf-direct-map-swap", pack({**ms, "index.faiss": bytes(d)})
+        if tag == b"Iwrr":  # RaBitQ settings: dimension, code size, metric, bits; then code size, residual, query bits
+            settings = dm + 9 + 8 * count
+            yield patched("rabitq-dim", settings, "Q", struct.unpack_from("<Q", index, settings)[0] + 1)
+            yield patched("rabitq-code-size", settings + 8, "Q", 2**40)
+            yield patched("rabitq-bits", settings + 20, "Q", 8)
+            yield patched("rabitq-residual", settings + 36, "?", False)
+            yield patched("rabitq-query-bits", settings + 37, "B", 200)
         lists = index.find(b"ilar", dm)
         yield patched("lists-count", lists + 4, "Q", nlist + 1)
         yield patched("lists-code-size", lists + 12, "Q", struct.unpack_from("<Q", index, lists + 12)[0] + 1)
@@ -223,8 +231,14 @@ def _ivf_cases(ms: Members) -> Iterator[Tuple[str, bytes]]:
         yield patched("last-id-negative", last_ids - 8, "q", -1)
         yield patched("last-id-duplicate", last_ids - 8, "q", struct.unpack_from("<q", index, last_ids - 16)[0])
         code = (lists + 32 + 8 * nlist) if index[lists + 20:lists + 24] == b"full" else None
-        if code is not None:
+        if code is not None and tag != b"Iwrr":  # RaBitQ codes are bits (and factors re-scoring never reads)
             yield patched("code-nan", code, "f" if tag == b"IwFl" else "e", float("nan"))
+    desc = ms.get("descriptors.f16")
+    if desc is not None:  # a compressed index's exact descriptors: float16 rows
+        for name, d in (("nan", b"\x00\x7e" + desc[2:]), ("inf", b"\x00\x7c" + desc[2:]), ("short", desc[:-2]),
+                        ("long", desc + b"\x00\x3c"), ("zero-row", bytes(2 * json.loads(ms["header.json"])["dim"])
+                                                         + desc[2 * json.loads(ms["header.json"])["dim"]:])):
+            yield f"descriptors-{name}", pack({**ms, "descriptors.f16": d})
 
 
 def _raw_cases(data: bytes, rng: random.Random) -> Iterator[Tuple[str, bytes]]:

@@ -154,7 +154,7 @@ def test_save_load_round_trips_local_features_exactly(tmp_path):
     db = _map()
     path = db.save(tmp_path / "m.vprmap")
     header = json.loads(_members(path)["header.json"])
-    assert (header["version"], header["local_count"], header["local_dim"]) == (3, 3, LDIM)
+    assert (header["version"], header["local_count"], header["local_dim"]) == (4, 3, LDIM)
     back = MapDatabase.load(path, expected_dim=DIM, use_gpu="false")
     assert back.keyframes == db.keyframes
     assert [back.keyframes[i].local_features for i in range(6)] == ["local.npz", "", "local.npz", "", "local.npz", ""]

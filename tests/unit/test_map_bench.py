@@ -80,8 +80,11 @@ def test_io_row_saves_and_loads_a_map_with_local_features(tmp_path, capsys):
     assert row.keyframes == 40 and row.local and row.file_mb > 40 * 300 * 112 * 2 / 1e6  # the features are in it
     assert row.save_s > 0 and row.load_s > 0 and row.read_s > 0 and row.load_peak_mb > 0
     assert list(tmp_path.iterdir()) == []  # the file is removed after measuring
-    print_io([row])
-    assert "| 40 | yes |" in capsys.readouterr().out
+    small = io_row(real, 40, False, tmp_path, "ivf_rabitq")  # a compressed map: its exact descriptors are saved too
+    assert small.option == "ivf_rabitq" and small.file_mb > 40 * 64 * 2 / 1e6 and not small.local
+    print_io([row, small])
+    out = capsys.readouterr().out
+    assert "| 40 | flat | yes |" in out and "| 40 | ivf_rabitq | no |" in out
 
 
 def test_large_rows_stream_the_same_distractors_and_score_against_exact_search(capsys):

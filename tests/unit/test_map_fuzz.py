@@ -37,7 +37,7 @@ def _real_map(tmp_path: Path, index: str, n: int = 16) -> Path:
     return db.save(tmp_path / f"real_{index}.vprmap")
 
 
-@pytest.mark.parametrize("index", ["flat", "flat_fp16", "hnsw", "ivf_flat", "ivf_fp16"])
+@pytest.mark.parametrize("index", ["flat", "flat_fp16", "hnsw", "ivf_flat", "ivf_fp16", "ivf_rabitq"])
 def test_only_map_error_escapes_and_memory_stays_bounded(tmp_path, index):
     src = _real_map(tmp_path, index)
     size = src.stat().st_size
@@ -45,7 +45,7 @@ def test_only_map_error_escapes_and_memory_stays_bounded(tmp_path, index):
     target = tmp_path / "case.vprmap"
     escaped, over, loaded, n = [], [], 0, 0
     query = np.random.default_rng(1).normal(size=DIM)
-    for name, data in cases(src, seed={"flat": 0, "hnsw": 1, "flat_fp16": 2, "ivf_flat": 4, "ivf_fp16": 5}[index]):
+    for name, data in cases(src, seed={"flat": 0, "hnsw": 1, "flat_fp16": 2, "ivf_flat": 4, "ivf_fp16": 5, "ivf_rabitq": 6}[index]):
         n += 1
         target.write_bytes(data)
         tracemalloc.start()

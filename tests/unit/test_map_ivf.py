@@ -15,8 +15,8 @@ from vpr_core.keyframes import Keyframe
 from vpr_core.map_database import MapDatabase
 from vpr_core.map_ivf import IvfSettings, lists_for, trained_size
 
-IVF = ["ivf_flat", "ivf_fp16"]
-TOL = {"ivf_flat": 1e-6, "ivf_fp16": 2e-3}  # stored descriptor vs added one (float16 rounding)
+IVF = ["ivf_flat", "ivf_fp16", "ivf_rabitq"]
+TOL = {"ivf_flat": 1e-6, "ivf_fp16": 2e-3, "ivf_rabitq": 2e-3}  # stored descriptor vs added one (float16 rounding)
 SMALL = IvfSettings(nprobe=4, train_at=200, regrow=2.0, background=False)  # rebuilds at known sizes
 PERIOD = 100_000_000
 
@@ -77,8 +77,8 @@ def test_untrained_ivf_map_searches_exactly(index):
 
 @pytest.mark.parametrize("index", IVF)
 def test_exclusion_windows_hold_inside_an_ivf_search(index):
-    """All lists scanned: exactly brute force with the exclusions; the default few lists: never an excluded
-    keyframe, and every score is the stored descriptor's true similarity."""
+    """All lists scanned (and, for ivf_rabitq, all shortlisted): exactly brute force with the exclusions; the
+    default few lists: never an excluded keyframe, and every score is the stored descriptor's true similarity."""
     x = _clustered(900, seed=3)
     db = _map(index, x)
     assert db.ivf_lists > SMALL.nprobe
@@ -93,7 +93,7 @@ def test_exclusion_windows_hold_inside_an_ivf_search(index):
         allowed = (np.arange(900) < 900 - count) & ~(np.abs(stamps - stamp) < window)
         scores = stored @ q
         best = np.sort(scores[allowed])[::-1][:20]
-        db.set_ivf(replace(SMALL, nprobe=db.ivf_lists))
+        db.set_ivf(replace(SMALL, nprobe=db.ivf_lists, shortlist=len(db)))  # ivf_rabitq: every code re-scored
         got = db.search(q, 20, stamp, count, window)
         pos = np.array([db.position(c.keyframe.id) for c in got], np.int64)
         assert np.all(allowed[pos]) and np.allclose(scores[pos], best, atol=1e-5), trial  # brute force's top 20
@@ -191,20 +191,22 @@ def test_the_pipeline_makes_and_loads_ivf_maps_with_the_configured_settings(defa
     assert other.db.ivf.nprobe == 11 and faiss.downcast_index(other.db._cpu_index.index).nprobe == 11
 
 
-def test_a_background_rebuild_lets_the_map_add_and_search_then_adopts_every_keyframe(monkeypatch):
+@pytest.mark.parametrize("index", ["ivf_flat", "ivf_rabitq"])
+def test_a_background_rebuild_lets_the_map_add_and_search_then_adopts_every_keyframe(monkeypatch, index):
     """The rebuild is held in its worker until released: meanwhile adds return and searches find the new
-    keyframes in the old lists; the first add after it is done adopts it, with what came meanwhile moved over."""
+    keyframes in the old lists; the first add after it is done adopts it, with what came meanwhile moved over
+    (ivf_rabitq: the worker reads the exact descriptor store while the map appends to it)."""
     import threading
 
     from vpr_core import map_ivf
     release, real_rebuild = threading.Event(), map_ivf.rebuild
 
-    def held(index, nlist):
+    def held(index, nlist, read=None):
         assert release.wait(30)
-        return real_rebuild(index, nlist)
+        return real_rebuild(index, nlist, read)
     monkeypatch.setattr(map_ivf, "rebuild", held)
     x = _clustered(460, seed=9)
-    db = _map("ivf_flat", x[:389])  # trained at 200 in the adding thread (5 lists); the next is due at 390
+    db = _map(index, x[:389])  # trained at 200 in the adding thread (5 lists); the next is due at 390
     db.set_ivf(replace(SMALL, background=True))
     db.add(x[389], Keyframe(5 + 3 * 389, 390 * PERIOD))  # starts the rebuild, returns at once
     assert db._rebuilding is not None and db.ivf_lists == 5
@@ -218,7 +220,7 @@ def test_a_background_rebuild_lets_the_map_add_and_search_then_adopts_every_keyf
     assert db._rebuilding is None and db.ivf_lists == 10
     for i in range(431, 460):
         db.add(x[i], Keyframe(5 + 3 * i, (i + 1) * PERIOD))
-    assert np.allclose(db.descriptors_at(np.arange(460)), x, atol=1e-6)
+    assert np.allclose(db.descriptors_at(np.arange(460)), x, atol=TOL[index])
     assert faiss.vector_to_array(db._cpu_index.id_map).tolist() == [5 + 3 * p for p in range(460)]
     assert [db.search(x[p], 1)[0].keyframe.id for p in range(0, 460, 23)] == [5 + 3 * p for p in range(0, 460, 23)]
 
@@ -228,7 +230,7 @@ def test_a_failed_rebuild_keeps_the_map_and_waits_before_trying_again(monkeypatc
     from vpr_core import map_ivf
     calls = []
 
-    def fails(index, nlist):
+    def fails(index, nlist, read=None):
         calls.append(index.ntotal)
         raise MemoryError("no room for the new lists")
     monkeypatch.setattr(map_ivf, "rebuild", fails)  # the worker's
