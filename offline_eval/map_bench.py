@@ -174,7 +174,7 @@ def speed_rows(real: np.ndarray, sizes: Sequence[int], options: Sequence[str], k
             build = time.perf_counter() - t0
             size = map_bytes(db) / n
             ms = _timed(lambda q: db.search(q, k, stamp, count, window_ns), queries)
-            lists = f" ({db.ivf_lists} lists, nprobe {db.ivf.nprobe})" if db.ivf_lists else ""
+            lists = f" ({db.ivf_lists} lists, nprobe {db.ivf_nprobe})" if db.ivf_lists else ""
             rows.append(SpeedRow(n, f"map {option}{lists}", build, *_stats(ms), size, longest_add_ms=longest))
             db = None  # freed before the next option is built
     return rows
@@ -270,7 +270,7 @@ def recall_rows(features: Dict[str, tuple], options: Sequence[str], distractors:
                               mininterval=2):
                     db.add(descs[j], Keyframe(first + j, (len(db) + 1) * PERIOD_NS))
             db.wait_rebuild()  # searched as trained
-            probes = [(option, db.ivf)] + [(f"{option} nprobe {p}", replace(db.ivf, nprobe=p))
+            probes = [(option, db.ivf)] + [(f"{option} nprobe {p}", replace(db.ivf, nprobe=p, probe_share=0.0))
                                            for p in (nprobes if db.ivf_lists else ())]
             for label, settings in probes:
                 db.set_ivf(settings)

@@ -33,7 +33,8 @@ def large_rows(features: Dict[str, tuple], n: int, options: Sequence[str], k: in
         exact_ids = np.where(beaten, -1, np.argmax(q_desc @ db_desc.T, axis=1))[:, None]
         exact = recall_at_k(exact_ids, positives, (1,))[1]
         for option in options:
-            db = MapDatabase(db_desc.shape[1], option, "false", ivf=replace(ivf, background=False))
+            settings = replace(ivf, background=False)
+            db = MapDatabase(db_desc.shape[1], option, "false", ivf=settings)
             t0, longest = time.perf_counter(), 0.0
             for a, chunk in tqdm(filler_chunks(other, n, seed=3), total=-(-n // 65536), desc=f"{name} {option}",
                                  disable=not progress):
@@ -50,10 +51,11 @@ def large_rows(features: Dict[str, tuple], n: int, options: Sequence[str], k: in
                    "longest_add_ms": longest * 1e3, "lists": db.ivf_lists, "median_ms": float(np.median(ms)),
                    "p95_ms": float(np.percentile(ms, 95)), "bytes_per_kf": map_bytes(db) / len(db),
                    "exact": exact, "recall": {}}
-            for p in [db.ivf.nprobe, *nprobes]:
-                db.set_ivf(replace(db.ivf, nprobe=p))
+            row["nprobe"] = db.ivf_nprobe  # the default settings' for this list count
+            for p in [None, *nprobes]:  # None: the default settings; p: exactly p lists
+                db.set_ivf(replace(settings, nprobe=p, probe_share=0.0) if p else settings)
                 ranked = np.array([[c.id for c in db.search(q, 1)] for q in q_desc], np.int64)
-                row["recall"][p] = recall_at_k(ranked, positives, (1,))[1]
+                row["recall"][p or row["nprobe"]] = recall_at_k(ranked, positives, (1,))[1]
             rows.append(row)
             print(f"# {row}", file=sys.stderr, flush=True)  # kept if the run is stopped before its table
             db = None
@@ -64,11 +66,11 @@ def print_large(rows: List[dict], k: int, count: int, window_s: float) -> None:
     print(f"\nLarge crowded maps (distractors streamed in first, then the database; search: the dataset's queries, "
           f"top {k}, excluding the last {count} and those within {window_s:g} s; Recall@1 vs exact search)")
     probes = sorted({p for r in rows for p in r["recall"]})
-    print("| keyframes | dataset | option | lists | build s | longest add ms | median ms | p95 ms | bytes / keyframe | "
+    print("| keyframes | dataset | option | lists (nprobe) | build s | longest add ms | median ms | p95 ms | bytes / keyframe | "
           "R@1 exact | " + " | ".join(f"R@1 nprobe {p}" for p in probes) + " |")
     print("|" + "---|" * (10 + len(probes)))
     for r in rows:
-        print(f"| {r['keyframes']:,} | {r['dataset']} | {r['option']} | {r['lists']} | {r['build_s']:.0f} | "
+        print(f"| {r['keyframes']:,} | {r['dataset']} | {r['option']} | {r['lists']} ({r.get('nprobe', '-')}) | {r['build_s']:.0f} | "
               f"{r['longest_add_ms']:,.0f} | {r['median_ms']:.2f} | {r['p95_ms']:.2f} | {r['bytes_per_kf']:,.0f} | "
               f"{r['exact']:.3f} | " + " | ".join(f"{r['recall'][p]:.3f}" if p in r["recall"] else "-" for p in probes) + " |")
 

@@ -62,8 +62,10 @@ class MapConfig:
     #                      | ivf_flat / ivf_fp16 (inverted lists trained on the map itself, float32 / float16 codes:
     #                      fast at 100k keyframes, recall of exact search; vpr_core.map_ivf) | ivf_rabitq (lists of
     #                      4-bit RaBitQ codes, the shortlist re-scored exactly: 1M keyframes in ~3 ms, README)
-    ivf_nprobe: int = 64  # ivf_*: lists scanned per search (more = closer to exact, slower): 64 keeps Recall@1 within a
-    #                     point of exact at 100k keyframes; at 1M hard queries need 128 (README, map section)
+    ivf_nprobe: int = 64  # ivf_*: lists scanned per search, at least (more = closer to exact, slower): 64 keeps
+    #                     Recall@1 within a point of exact at 100k keyframes
+    ivf_probe_share: float = 0.09  # ivf_*: and at least this share of the lists, which grow as ~2 sqrt(N): a fixed
+    #                                nprobe loses hard places in a big map (Nordland at 1M needs ~130; README)
     ivf_train_at: int = 8192  # ivf_*: keyframes before the lists are first trained (exact search until then)
     ivf_regrow: float = 2.0  # ivf_*: retrain (seconds at 100k+, logged) when the map has grown this many times
     ivf_background_rebuild: bool = True  # ivf_*: retrain in a worker thread on a copy of the index (the frame

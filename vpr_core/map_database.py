@@ -166,6 +166,11 @@ class MapDatabase:
         """How many lists an IVF map's index has now (1 until trained); 0 for the other index types."""
         return faiss.downcast_index(self._cpu_index.index).nlist if is_ivf(self._cpu_index) else 0
 
+    @property
+    def ivf_nprobe(self) -> int:
+        """How many lists an IVF map's search scans now (`IvfSettings.nprobe_for` its list count); 0 for others."""
+        return faiss.downcast_index(self._cpu_index.index).nprobe if is_ivf(self._cpu_index) else 0
+
     def set_ivf(self, settings: IvfSettings) -> None:
         """Adopt new IVF settings: nprobe applies from the next search, training thresholds from the next add."""
         self.ivf = settings

@@ -41,7 +41,7 @@ BAD = [
     ("map.autosave_period_s", -1.0),
     ("map.max_file_mb", 0),
     ("map.id_reserve", 0),
-    ("map.ivf_nprobe", 0), ("map.ivf_train_at", 77), ("map.ivf_regrow", 1.0), ("map.ivf_regrow", 0.5),
+    ("map.ivf_nprobe", 0), ("map.ivf_probe_share", 1.5), ("map.ivf_train_at", 77), ("map.ivf_regrow", 1.0), ("map.ivf_regrow", 0.5),
     ("rerank.method", "ransac"),
     ("rerank.top_k", 0),
     ("rerank.min_inliers", -1),
