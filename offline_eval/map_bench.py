@@ -31,19 +31,20 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import faiss
 import numpy as np
 from tqdm import tqdm
 
 from offline_eval.benchmark import parse_overrides
-from offline_eval.protocol import extract_dataset
 from offline_eval.feature_cache import default_cache
+from offline_eval.protocol import extract_dataset
 from vpr_core.config import ConfigError, load_config
 from vpr_core.datasets import PlaceDataset, load_dataset
+from vpr_core.gpu_search import gpu_usable
 from vpr_core.keyframes import Keyframe
-from vpr_core.map_database import MapDatabase
+from vpr_core.map_database import GPU_TYPES, MapDatabase
 from vpr_core.map_index import INDEX_TYPES
 from vpr_core.map_ivf import IvfSettings
 from vpr_core.metrics import recall_at_k
@@ -112,10 +113,10 @@ def build_map(descs: np.ndarray, option: str, progress: bool = False) -> MapData
 
 
 def build_timed(descs: np.ndarray, option: str, progress: bool = False,
-                ivf: IvfSettings = IvfSettings(background=False)) -> Tuple[MapDatabase, float]:
+                ivf: IvfSettings = IvfSettings(background=False), use_gpu: str = "false") -> Tuple[MapDatabase, float]:
     """`build_map`, and the longest single add in ms (IVF rebuilds in the adding thread by default, so it is
     the longest rebuild: what a camera would wait for without the background rebuild)."""
-    db = MapDatabase(descs.shape[1], option, "false", ivf=ivf)
+    db = MapDatabase(descs.shape[1], option, use_gpu, ivf=ivf)
     longest = 0.0
     for i in tqdm(range(len(descs)), desc=f"build {option} {len(descs)}", disable=not progress, mininterval=2):
         t0 = time.perf_counter()
@@ -140,9 +141,10 @@ def filtered_after(index: faiss.Index, stamps: np.ndarray, q: np.ndarray, k: int
 
 
 def speed_rows(real: np.ndarray, sizes: Sequence[int], options: Sequence[str], k: int, count: int,
-               window_s: float, n_queries: int, progress: bool) -> List[SpeedRow]:
-    """Per map size: the baselines and each option; queries look like the map's last keyframes (a robot
-    sees what it saw a moment ago), so the exclusion windows decide what the search may return."""
+               window_s: float, n_queries: int, progress: bool, gpu: bool = False) -> List[SpeedRow]:
+    """Per map size: the baselines and each option (`gpu`: the exact ones also searched on the GPU, map.use_gpu);
+    queries look like the map's last keyframes (a robot sees what it saw a moment ago), so the exclusion
+    windows decide what the search may return."""
     rows: List[SpeedRow] = []
     window_ns = int(window_s * 1e9)
     for n in sizes:
@@ -168,14 +170,15 @@ def speed_rows(real: np.ndarray, sizes: Sequence[int], options: Sequence[str], k
         rows.append(SpeedRow(n, "flat, exclusion filtered after the search (before)", 0.0, *_stats(_timed(
             lambda q: filtered_after(flat, stamps, q, k, count, window_ns, stamp), queries)), x.nbytes / n))
         flat.reset()  # frees its vectors before the maps are built
-        for option in options:
+        for option, use_gpu in [(o, g) for o in options for g in ("false", "true")[:1 + (gpu and o in GPU_TYPES)]]:
             t0 = time.perf_counter()
-            db, longest = build_timed(x, option, progress)
+            db, longest = build_timed(x, option, progress, use_gpu=use_gpu)
             build = time.perf_counter() - t0
             size = map_bytes(db) / n
             ms = _timed(lambda q: db.search(q, k, stamp, count, window_ns), queries)
             lists = f" ({db.ivf_lists} lists, nprobe {db.ivf_nprobe})" if db.ivf_lists else ""
-            rows.append(SpeedRow(n, f"map {option}{lists}", build, *_stats(ms), size, longest_add_ms=longest))
+            where = f" on the GPU ({db.gpu_backend}, float16)" if db.on_gpu else ""
+            rows.append(SpeedRow(n, f"map {option}{lists}{where}", build, *_stats(ms), size, longest_add_ms=longest))
             db = None  # freed before the next option is built
     return rows
 
@@ -326,6 +329,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--io", default="20000:local,100000",
                     help="save/load table: KEYFRAMES[:local][:INDEX],... ('' = skip); local = with local features, "
                          "INDEX a map.index option (default flat)")
+    ap.add_argument("--gpu", action="store_true", help="also search the exact options on the GPU (map.use_gpu)")
+    ap.add_argument("--save-descriptors", metavar="FILE.npy", help="write the real descriptors the tables use and "
+                    "stop (for --descriptors on a machine without the datasets or the model)")
+    ap.add_argument("--descriptors", metavar="FILE.npy", help="real descriptors saved by --save-descriptors: the "
+                    "speed and save/load tables only (the recall tables need the datasets)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     options = [o.strip() for o in args.options.split(",") if o.strip()]
@@ -335,19 +343,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         cfg = load_config(args.config, parse_overrides(args.set))
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-        corridor = load_dataset(DATASETS / "corridor")
-        nordland = load_dataset(DATASETS / "nordland_summer_winter_64x32").segment_of("2700:3576")
+        if args.gpu and not gpu_usable():
+            raise ValueError("--gpu: no GPU is usable here (FAISS sees none, torch has no CUDA)")
+        if not args.descriptors:  # the recall tables' datasets
+            corridor = load_dataset(DATASETS / "corridor")
+            nordland = load_dataset(DATASETS / "nordland_summer_winter_64x32").segment_of("2700:3576")
     except (ConfigError, ValueError) as exc:
         print(f"map_bench: {exc}", file=sys.stderr)
         return 2
     apply_threads(cfg.runtime)
     from vpr_core.models import DescriptorExtractor
-    ex = DescriptorExtractor(cfg.model)
     progress = not args.no_progress
-    features = {"corridor": _features(ex, corridor, progress), "Nordland test 2700:3576": _features(ex, nordland, progress)}
-    real = np.concatenate([np.concatenate(f[:2]) for f in features.values()])
     d = cfg.detector
     k = max(d.top_k, d.sequence_candidates)
+    if args.descriptors:
+        real = _load_descriptors(args.descriptors)
+        print(f"{len(real)} real descriptors ({real.shape[1]}-D, from {args.descriptors}); "
+              f"FAISS threads {faiss.omp_get_max_threads()}")
+        return _speed_and_io(args, real, sizes, options, k, d)
+    ex = DescriptorExtractor(cfg.model)
+    features = {"corridor": _features(ex, corridor, progress), "Nordland test 2700:3576": _features(ex, nordland, progress)}
+    real = np.concatenate([np.concatenate(f[:2]) for f in features.values()])
+    if args.save_descriptors:
+        np.save(args.save_descriptors, real)
+        print(f"wrote {len(real)} descriptors ({ex.dim}-D, {cfg.model.name}) to {args.save_descriptors}")
+        return 0
     print(f"{len(real)} real descriptors ({ex.dim}-D, {cfg.model.name}); FAISS threads {faiss.omp_get_max_threads()}")
     nprobes = [int(p) for p in args.nprobes.split(",") if p.strip()]
     ivf = IvfSettings.of(cfg.map)
@@ -363,7 +383,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     for first in (False, True) if args.distractors else ():
         print_recall(recall_rows(features, options, args.distractors, progress, first, nprobes, ivf),
                      args.distractors, first)
-    rows = speed_rows(real, sizes, options, k, d.exclude_recent_count, d.exclude_recent_s, args.queries, progress)
+    return _speed_and_io(args, real, sizes, options, k, d)
+
+
+def _speed_and_io(args: argparse.Namespace, real: np.ndarray, sizes: List[int], options: List[str], k: int,
+                  d: Any) -> int:
+    """The speed table, then the save/load table, as the command line asks."""
+    rows = speed_rows(real, sizes, options, k, d.exclude_recent_count, d.exclude_recent_s, args.queries,
+                      not args.no_progress, args.gpu)
     print_speed(rows, k, d.exclude_recent_count, d.exclude_recent_s)
     io_cases = [c.strip().split(":") for c in args.io.split(",") if c.strip()]
     if io_cases:
@@ -372,6 +399,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         print_io([io_row(real, int(c[0]), "local" in c[1:], folder, next((o for o in c[1:] if o != "local"), "flat"))
                   for c in io_cases])
     return 0
+
+
+def _load_descriptors(path: str) -> np.ndarray:
+    """Unit-norm float32 rows from a .npy file; a clear error for anything else."""
+    try:
+        real = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"map_bench: --descriptors {path}: {exc}") from None
+    if real.ndim != 2 or not len(real) or not np.all(np.isfinite(real)) or \
+            not np.allclose(np.linalg.norm(real, axis=1), 1.0, atol=1e-3):
+        raise SystemExit(f"map_bench: --descriptors {path}: expected unit-norm finite rows (n, dim), got "
+                         f"{real.dtype} {real.shape}")
+    return np.ascontiguousarray(real, np.float32)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 
 from vpr_core.descriptor_store import DescriptorStore
+from vpr_core.gpu_search import GpuSearch, gpu_usable, new_gpu_search
 from vpr_core.keyframes import Candidate, Keyframe
 from vpr_core.local_features import DescriptorError, LocalFeatures, LocalFeatureStore
 from vpr_core.map_file import DEFAULT_MAX_BYTES, LOCAL_MEMBER, MapError, read_map_file
@@ -51,8 +52,7 @@ def too_recent(kf: Keyframe, query_stamp_ns: Optional[int], exclude_recent_ns: i
     return query_stamp_ns is not None and exclude_recent_ns > 0 and abs(query_stamp_ns - kf.stamp_ns) < exclude_recent_ns
 
 
-def gpu_usable() -> bool:
-    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+GPU_TYPES = ("flat", "flat_fp16")  # index types whose search moves to the GPU with map.use_gpu (both exact)
 
 
 @dataclass
@@ -73,19 +73,16 @@ class MapDatabase:
             raise ValueError(f"descriptor dimension must be positive, got {self.dim}")
         self._cpu_index = INDEX_TYPES.build(self.index_type, dim=self.dim)
         configure(self._cpu_index, self.ivf)
-        self._index = self._cpu_index
         choice = str(self.use_gpu).lower()
         if choice not in ("auto", "true", "false"):
             raise ValueError(f"map.use_gpu must be auto, true or false; got {self.use_gpu!r}")
         want_gpu = gpu_usable() if choice == "auto" else choice == "true"
-        if want_gpu:
-            if not gpu_usable():
-                raise MapError("map.use_gpu is true but FAISS sees no GPU (install faiss-gpu on a CUDA machine)")
-            # only flat moves to the GPU: HNSW has no GPU version, and the IVF types stay on the CPU (their
-            # rebuilds and direct map are CPU-side; untested on a GPU here), where they are fast already
-            if self.index_type == "flat":
-                self._index = faiss.index_cpu_to_all_gpus(self._cpu_index)
-        self.on_gpu = self._index is not self._cpu_index
+        if want_gpu and not gpu_usable():
+            raise MapError("map.use_gpu is true but no GPU is usable (FAISS sees none, torch has no CUDA)")
+        # the exact types search a float16 copy on the GPU; HNSW and the IVF types stay on the CPU (their
+        # graph, rebuilds and direct map are CPU-side), where they are fast already
+        self._gpu: Optional[GpuSearch] = new_gpu_search(self.dim) if want_gpu and self.index_type in GPU_TYPES \
+            else None
         # a compressed index's exact descriptors (re-scoring, sequence matching, rebuilds); None: the index has them
         self.store: Optional[DescriptorStore] = DescriptorStore(self.dim) if compressed(self._cpu_index) else None
         self._rebuilding: Optional[PendingRebuild] = None  # an IVF rebuild running in the background
@@ -141,9 +138,9 @@ class MapDatabase:
         if keyframe.id in self.keyframes:
             raise ValueError(f"keyframe id {keyframe.id} is already in the map")
         ids = np.array([keyframe.id], dtype=np.int64)
-        self._index.add_with_ids(vec, ids)
-        if self.on_gpu:  # the host copy stays current: sequence matching, reconstruction and saving read it
-            self._cpu_index.add_with_ids(vec, ids)
+        self._cpu_index.add_with_ids(vec, ids)  # the map's record: sequence matching, rebuilds and saving read it
+        if self._gpu is not None:
+            self._gpu.add(vec)
         if self.store is not None:
             self.store.append(vec)
         if checked is not None:
@@ -160,6 +157,23 @@ class MapDatabase:
         self._position[keyframe.id] = n
         self._order.append(keyframe.id)
         self._regrow()
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether searches run on the GPU copy (map.use_gpu with an exact index type)."""
+        return self._gpu is not None
+
+    @property
+    def gpu_backend(self) -> str:
+        """Which GPU search backend the map uses ('faiss' or 'torch'), '' when it searches on the CPU."""
+        return self._gpu.name if self._gpu is not None else ""
+
+    def _fill_gpu(self, chunk: int = 65536) -> None:
+        """Copy the host index's descriptors to the GPU copy (a loaded map), a chunk at a time."""
+        if self._gpu is None:
+            return
+        for start in range(len(self._gpu), len(self), chunk):
+            self._gpu.add(self.descriptors_at(np.arange(start, min(start + chunk, len(self)))))
 
     @property
     def ivf_lists(self) -> int:
@@ -211,7 +225,7 @@ class MapDatabase:
             self._rebuilding = made
             return
         configure(made, self.ivf)  # the settings as they are now (set_ivf may have run meanwhile)
-        self._cpu_index = self._index = made  # IVF maps stay on the CPU (see __post_init__)
+        self._cpu_index = made  # IVF maps stay on the CPU (see __post_init__)
 
     def local_features(self, kid: int) -> Optional[LocalFeatures]:
         """The stored local features of keyframe `kid`, or None."""
@@ -248,15 +262,13 @@ class MapDatabase:
 
     def _search(self, vec: np.ndarray, k: int, excluded: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """FAISS's top k (scores and ids, (1, k)) leaving the `excluded` ids out."""
+        if self._gpu is not None:  # by position there: the excluded ids' positions, and ids back from positions
+            positions = np.fromiter((self._position[int(i)] for i in excluded), np.int64, len(excluded))
+            scores, positions = self._gpu.search(vec, k, positions)
+            return scores[None], self._id_stamps[0, positions][None]
         if not len(excluded):
-            scores, ids = self._index.search(vec, k)
-        elif self.on_gpu:  # GPU indexes take no id selector: fetch enough to drop the excluded ones
-            scores, ids = self._index.search(vec, min(len(self), k + len(excluded)))
-            keep = ~np.isin(ids[0], excluded)
-            scores, ids = scores[:, keep][:, :k], ids[:, keep][:, :k]
-        else:
-            scores, ids = self._index.search(vec, k, params=self._without(excluded))
-        return scores, ids
+            return self._cpu_index.search(vec, k)
+        return self._cpu_index.search(vec, k, params=self._without(excluded))
 
     def excluded_ids(self, query_stamp_ns: Optional[int], recent_count: int, recent_ns: int) -> np.ndarray:
         """Ids of the last `recent_count` keyframes added and of those within `recent_ns` of the query's stamp
@@ -346,13 +358,13 @@ class MapDatabase:
             raise MapError(f"{path}: index holds {cpu.ntotal} vectors of {cpu.d}, header {header['count']} of {header['dim']}")
         configure(cpu, ivf)
         db._cpu_index = cpu
-        db._index = faiss.index_cpu_to_all_gpus(cpu) if db.on_gpu else cpu
         db.keyframes = {kf["id"]: Keyframe(**kf) for kf in contents.keyframes}
         db._order = list(contents.order)
         db._position = {kid: p for p, kid in enumerate(db._order)}
         db._reindex_stamps()
         db.id_floor = header.get("next_id", 0)
         db.model = header.get("model", "")
+        db._fill_gpu()
         if contents.descriptor_bytes is not None:
             try:
                 db.store = DescriptorStore.from_buffer(contents.descriptor_bytes, header["dim"], header["count"])

@@ -61,7 +61,7 @@ class LoopClosureNode(Node):
         rr = self.cfg.rerank
         self.get_logger().info(f"model {self.cfg.model.name}: {self.recognizer.extractor.dim}-D descriptors on "
                                f"{self.recognizer.extractor.device}; map index {self.cfg.map.index}"
-                               f"{' (GPU)' if self.recognizer.db.on_gpu else ''}; re-ranking "
+                               f"{self._gpu_note()}; re-ranking "
                                + (f"{rr.method} of the top {rr.top_k}, closures need >= {rr.min_inliers} "
                                   f"{'inliers' if rr.method == 'degensac' else 'mutual matches'}"
                                   if rr.method != "none" else "off"))
@@ -95,6 +95,10 @@ class LoopClosureNode(Node):
         self._decider.start()
 
     # ---- input -------------------------------------------------------------------------------
+    def _gpu_note(self) -> str:
+        db = self.recognizer.db
+        return f" (searched on the GPU, {db.gpu_backend})" if db.on_gpu else ""
+
     def _stamp(self, header, stream: str) -> int:
         ns = to_ns(header.stamp)
         if ns > 0:  # frames that never arrived show as gaps in a camera's stamps

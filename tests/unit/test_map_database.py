@@ -118,11 +118,14 @@ class _CountingIndex:
     """Forwards to a FAISS index, counting its searches."""
 
     def __init__(self, index):
-        self.index, self.searches = index, 0
+        self._wrapped, self.searches = index, 0
 
     def search(self, *args, **kw):
         self.searches += 1
-        return self.index.search(*args, **kw)
+        return self._wrapped.search(*args, **kw)
+
+    def __getattr__(self, name):  # everything else (its inner index, ntotal) as the index itself
+        return getattr(self._wrapped, name)
 
 
 @pytest.mark.parametrize("index", INDEXES)
@@ -142,7 +145,7 @@ def test_exclusion_windows_cost_one_search(index, stamps):
     recent = [base + 0.05 * _unit(rng, 1)[0] for _ in range(60)]
     for j, d in enumerate(recent):
         db.add(d, Keyframe(100 + j, (100 + j) * 10**9))
-    db._index = counting = _CountingIndex(db._index)
+    db._cpu_index = counting = _CountingIndex(db._cpu_index)
     hits = db.search(base, k=5, query_stamp_ns=160 * 10**9, exclude_recent_ns=30 * 10**9, exclude_recent_count=20)
     assert counting.searches == 1
     outside = lambda t: abs(160 * 10**9 - int(t)) >= 30 * 10**9  # noqa: E731  (too_recent's rule)

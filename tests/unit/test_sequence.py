@@ -135,25 +135,3 @@ def test_best_other_ignores_neighbours_and_linked_places():
 def test_bad_settings_are_value_errors(kw):
     with pytest.raises(ValueError, match="detector.sequence"):
         SequenceMatcher(**kw)
-
-
-def test_a_gpu_map_keeps_its_host_copy_current(monkeypatch, tmp_path):
-    """With faiss-gpu the search runs on a device copy; sequence matching, reconstruction and saving
-    read the host index, which must see every add. Simulated here with a second CPU index as the
-    'device' (no GPU on this machine)."""
-    import faiss
-
-    import vpr_core.map_database as mdb
-    monkeypatch.setattr(mdb, "gpu_usable", lambda: True)
-    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda index: faiss.clone_index(index))
-    db = MapDatabase(DIM, "flat", "true")
-    assert db.on_gpu
-    route = _route(5)
-    for i, d in enumerate(route):
-        db.add(d, Keyframe(i, i))
-    assert np.allclose(db.descriptors_at(np.arange(5)), route, atol=1e-6)
-    assert db.search(route[3], 1)[0].id == 3
-    monkeypatch.setattr(mdb, "gpu_usable", lambda: False)
-    db.save(tmp_path / "gpu.vprmap")
-    back = MapDatabase.load(tmp_path / "gpu.vprmap", use_gpu="false")
-    assert len(back) == 5 and np.allclose(back.descriptors_at(np.arange(5)), route, atol=1e-6)
