@@ -74,7 +74,7 @@ class MapConfig:
     max_descriptor_mb: int = 0  # ivf_rabitq: keep at most this many MB of exact descriptors in memory (plus the 10 MB
     #                             chunk being filled), the oldest in a spill file in spill_directory (every keyframe
     #                             stays searchable by its code; 0 = all)
-    use_gpu: str = "auto"  # auto | true | false (YAML booleans accepted): FAISS GPU index when usable
+    use_gpu: str = "auto"  # auto | true | false (YAML booleans accepted): exact maps search on the GPU when usable
     path: str = ""  # map file for the save/load services, autoload and autosave ("" = none)
     autoload: bool = True  # load `path` on start when the file exists
     autosave: bool = True  # save to `path` on shutdown
