@@ -25,10 +25,11 @@ from vpr_core.descriptor_store import DescriptorStore
 from vpr_core.gpu_search import GpuSearch, gpu_usable, new_gpu_search
 from vpr_core.keyframes import Candidate, Keyframe
 from vpr_core.local_features import DescriptorError, LocalFeatures, LocalFeatureStore
-from vpr_core.map_file import DEFAULT_MAX_BYTES, LOCAL_MEMBER, MapError, read_map_file
+from vpr_core.map_file import read_map_file
 from vpr_core.map_frozen import FrozenMap
 from vpr_core.map_index import INDEX_TYPES, search_parameters
 from vpr_core.map_ivf import IvfSettings, PendingRebuild, compressed, configure, is_ivf, lists_due, rebuild
+from vpr_core.map_schema import DEFAULT_MAX_BYTES, LOCAL_MEMBER, MapError
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ import numpy as np
 from vpr_core.descriptor_store import DescriptorStore
 from vpr_core.keyframes import Keyframe
 from vpr_core.local_features import LocalFeatures, local_npz, write_local_npz
-from vpr_core.map_file import (DEFAULT_MAX_BYTES, DESCRIPTORS_MEMBER, INDEX_MEMBER, LOCAL_MEMBER, MAGIC, META_MEMBER,
-                               VERSION, file_sha256, write_map_file)
+from vpr_core.map_file import file_sha256, write_map_file
+from vpr_core.map_schema import (DEFAULT_MAX_BYTES, DESCRIPTORS_MEMBER, INDEX_MEMBER, LOCAL_MEMBER, MAGIC, META_MEMBER,
+                                 VERSION)
 
 
 @dataclass

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 
 from vpr_core.map_database import MapDatabase
-from vpr_core.map_file import MapError
+from vpr_core.map_schema import MapError
 
 
 def merge_maps(first: MapDatabase, second: MapDatabase, assume_same_model: bool = False) -> MapDatabase:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from vpr_core.config import MapConfig
-from vpr_core.map_file import HEADER_MEMBER, is_map_file
+from vpr_core.map_file import is_map_file
+from vpr_core.map_schema import HEADER_MEMBER
 
 
 class MapPathError(ValueError):

@@ -13,8 +13,9 @@ from typing import Any, Dict, Optional, Tuple
 
 from vpr_core.config import MapConfig
 from vpr_core.id_floor import IdFloor
-from vpr_core.map_file import MapError
-from vpr_core.map_paths import MapPathError, check_overwritable, clean_stale_temporaries, confine, map_directory, move_aside
+from vpr_core.map_paths import (MapPathError, check_overwritable, clean_stale_temporaries, confine, map_directory,
+                                move_aside)
+from vpr_core.map_schema import MapError
 from vpr_core.pipeline import PlaceRecognizer
 
 

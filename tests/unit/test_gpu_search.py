@@ -13,7 +13,7 @@ import vpr_core.gpu_search as gs
 import vpr_core.map_database as mdb
 from vpr_core.keyframes import Keyframe
 from vpr_core.map_database import MapDatabase
-from vpr_core.map_file import MapError
+from vpr_core.map_schema import MapError
 
 DIM = 64
 PERIOD = 100_000_000
