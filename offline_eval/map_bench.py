@@ -11,7 +11,8 @@
    makes the exclusion windows costly. "longest add" is the slowest single `add` while building: for the
    IVF options, the rebuild a camera would wait for (vpr_core.map_ivf).
 2. Recall@1 of each option against exact search on the real datasets (corridor; Nordland test stretch
-   2700:3576, winter queries against the summer database), with the benchmark's positives; then again
+   2700:3576, winter queries against the summer database; `--nordland 2050:2650`: the validation stretch,
+   where settings are chosen), with the benchmark's positives; then again
    with `--distractors` keyframes in the map before the database (the other dataset's real descriptors,
    repeated with small noise: never a right answer), where an approximate index can lose the place; and
    once more with the database first and the distractors after it. IVF options are also measured at each
@@ -52,6 +53,7 @@ from vpr_core.runtime import apply_threads
 
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = REPO.parent / "shared" / "datasets"
+NORDLAND_TEST, NORDLAND_VALIDATION = "2700:3576", "2050:2650"  # route positions (README, Training)
 PERIOD_NS = 100_000_000  # keyframes 0.1 s apart (10 Hz), so the 5 s window holds the last 50
 
 
@@ -325,6 +327,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "many distractors, for the --options given (the IVF ones: no second copy of the map is held)")
     ap.add_argument("--rebuild", type=int, default=0, help="only the rebuild table (map_bench_ivf.rebuild_rows): "
                     "a map of this many keyframes retrained in the adding thread and in the background at 10 Hz")
+    ap.add_argument("--nordland", default=NORDLAND_TEST, metavar="FIRST:END", help="the Nordland stretch "
+                    f"(test {NORDLAND_TEST}: what the README reports; validation {NORDLAND_VALIDATION}: what settings "
+                    "are chosen on)")
+    ap.add_argument("--large-datasets", default="corridor,nordland",
+                    help="--large: the datasets whose maps are built (the other's descriptors are still the filler)")
     ap.add_argument("--nprobes", default="16,32,64,128", help="IVF options' recall again at each of these nprobe")
     ap.add_argument("--io", default="20000:local,100000",
                     help="save/load table: KEYFRAMES[:local][:INDEX],... ('' = skip); local = with local features, "
@@ -347,7 +354,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise ValueError("--gpu: no GPU is usable here (FAISS sees none, torch has no CUDA)")
         if not args.descriptors:  # the recall tables' datasets
             corridor = load_dataset(DATASETS / "corridor")
-            nordland = load_dataset(DATASETS / "nordland_summer_winter_64x32").segment_of("2700:3576")
+            nordland = load_dataset(DATASETS / "nordland_summer_winter_64x32").segment_of(args.nordland)
     except (ConfigError, ValueError) as exc:
         print(f"map_bench: {exc}", file=sys.stderr)
         return 2
@@ -362,7 +369,9 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"FAISS threads {faiss.omp_get_max_threads()}")
         return _speed_and_io(args, real, sizes, options, k, d)
     ex = DescriptorExtractor(cfg.model)
-    features = {"corridor": _features(ex, corridor, progress), "Nordland test 2700:3576": _features(ex, nordland, progress)}
+    stretch = {NORDLAND_TEST: "test", NORDLAND_VALIDATION: "validation"}.get(args.nordland, "stretch")
+    features = {"corridor": _features(ex, corridor, progress),
+                f"Nordland {stretch} {args.nordland}": _features(ex, nordland, progress)}
     real = np.concatenate([np.concatenate(f[:2]) for f in features.values()])
     if args.save_descriptors:
         np.save(args.save_descriptors, real)
@@ -376,8 +385,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.rebuild:
             print_rebuild(rebuild_rows(real, args.rebuild, options, ivf, progress))
         if args.large:
+            only = [n.strip().lower() for n in args.large_datasets.split(",") if n.strip()]
             print_large(large_rows(features, args.large, options, k, d.exclude_recent_count, d.exclude_recent_s,
-                                   nprobes, ivf, progress), k, d.exclude_recent_count, d.exclude_recent_s)
+                                   nprobes, ivf, progress, only), k, d.exclude_recent_count, d.exclude_recent_s)
         return 0
     print_recall(recall_rows(features, options, nprobes=nprobes, ivf=ivf))
     for first in (False, True) if args.distractors else ():

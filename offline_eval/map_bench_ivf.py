@@ -18,13 +18,17 @@ from vpr_core.metrics import recall_at_k
 
 
 def large_rows(features: Dict[str, tuple], n: int, options: Sequence[str], k: int, count: int, window_s: float,
-               nprobes: Sequence[int], ivf: IvfSettings, progress: bool) -> List[dict]:
+               nprobes: Sequence[int], ivf: IvfSettings, progress: bool,
+               only: Sequence[str] = ()) -> List[dict]:
     """Maps too big to hold twice (`--large`): per dataset, `n` distractors of the other dataset streamed into
     each option's map (never all in memory), then the database; its Recall@1 against exact search (numpy over
-    the same stream, batched), at each nprobe, and the search time with the exclusion windows."""
+    the same stream, batched), at each nprobe, and the search time with the exclusion windows. `only`: the
+    datasets (name prefixes) whose maps are built; every other one is still a source of distractors."""
     rows = []
     window_ns = int(window_s * 1e9)
     for name, (db_desc, q_desc, positives) in features.items():
+        if only and not any(name.lower().startswith(o) for o in only):
+            continue
         other = np.concatenate([np.concatenate(f[:2]) for o, f in features.items() if o != name])
         best = (q_desc @ db_desc.T).max(axis=1)  # exact top-1: database best unless a distractor beats it
         beaten = np.zeros(len(q_desc), bool)

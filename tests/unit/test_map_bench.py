@@ -107,6 +107,11 @@ def test_large_rows_stream_the_same_distractors_and_score_against_exact_search(c
         assert (r["lists"] > 2) == (r["option"] == "ivf_flat")
     print_large(rows, 5, 3, 0.5)
     assert "| 1,030 | a | ivf_flat |" in capsys.readouterr().out
+    only = large_rows(feats, 1000, ["ivf_flat"], k=5, count=3, window_s=0.5, nprobes=[], ivf=ivf, progress=False,
+                      only=["b"])  # b's map alone, a still the filler
+    assert [(r["dataset"], r["keyframes"]) for r in only] == [("b", 1030)]
+    assert only[0]["recall"] == {r["nprobe"]: r["recall"][r["nprobe"]] for r in rows if r["option"] == "ivf_flat"
+                                 and r["dataset"] == "b"}
 
 
 def test_rebuild_rows_time_the_retraining_the_nth_keyframe_starts(capsys):
