@@ -332,6 +332,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "are chosen on)")
     ap.add_argument("--large-datasets", default="corridor,nordland",
                     help="--large: the datasets whose maps are built (the other's descriptors are still the filler)")
+    ap.add_argument("--shortlists", default="", help="--large, ivf_rabitq: Recall@1 and time again with each of "
+                    "these map.ivf_shortlist values")
     ap.add_argument("--nprobes", default="16,32,64,128", help="IVF options' recall again at each of these nprobe")
     ap.add_argument("--io", default="20000:local,100000",
                     help="save/load table: KEYFRAMES[:local][:INDEX],... ('' = skip); local = with local features, "
@@ -386,8 +388,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print_rebuild(rebuild_rows(real, args.rebuild, options, ivf, progress))
         if args.large:
             only = [n.strip().lower() for n in args.large_datasets.split(",") if n.strip()]
-            print_large(large_rows(features, args.large, options, k, d.exclude_recent_count, d.exclude_recent_s,
-                                   nprobes, ivf, progress, only), k, d.exclude_recent_count, d.exclude_recent_s)
+            shortlists = [int(n) for n in args.shortlists.split(",") if n.strip()]
+            rows = large_rows(features, args.large, options, k, d.exclude_recent_count, d.exclude_recent_s, nprobes,
+                              ivf, progress, only, shortlists)
+            print_large(rows, k, d.exclude_recent_count, d.exclude_recent_s)
         return 0
     print_recall(recall_rows(features, options, nprobes=nprobes, ivf=ivf))
     for first in (False, True) if args.distractors else ():

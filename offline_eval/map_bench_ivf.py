@@ -19,11 +19,12 @@ from vpr_core.metrics import recall_at_k
 
 def large_rows(features: Dict[str, tuple], n: int, options: Sequence[str], k: int, count: int, window_s: float,
                nprobes: Sequence[int], ivf: IvfSettings, progress: bool,
-               only: Sequence[str] = ()) -> List[dict]:
+               only: Sequence[str] = (), shortlists: Sequence[int] = ()) -> List[dict]:
     """Maps too big to hold twice (`--large`): per dataset, `n` distractors of the other dataset streamed into
     each option's map (never all in memory), then the database; its Recall@1 against exact search (numpy over
     the same stream, batched), at each nprobe, and the search time with the exclusion windows. `only`: the
-    datasets (name prefixes) whose maps are built; every other one is still a source of distractors."""
+    datasets (name prefixes) whose maps are built; every other one is still a source of distractors.
+    `shortlists`: a compressed option's Recall@1 and median time again with each of these shortlists."""
     rows = []
     window_ns = int(window_s * 1e9)
     for name, (db_desc, q_desc, positives) in features.items():
@@ -60,6 +61,12 @@ def large_rows(features: Dict[str, tuple], n: int, options: Sequence[str], k: in
                 db.set_ivf(replace(settings, nprobe=p, probe_share=0.0) if p else settings)
                 ranked = np.array([[c.id for c in db.search(q, 1)] for q in q_desc], np.int64)
                 row["recall"][p or row["nprobe"]] = recall_at_k(ranked, positives, (1,))[1]
+            row["shortlist"] = {}  # compressed options: recall and time at the default nprobe with other shortlists
+            for n_short in (shortlists if db.store is not None else ()):
+                db.set_ivf(replace(settings, shortlist=n_short))
+                ranked = np.array([[c.id for c in db.search(q, 1)] for q in q_desc], np.int64)
+                ms = _timed(lambda q: db.search(q, k, stamp, count, window_ns), q_desc)
+                row["shortlist"][n_short] = (recall_at_k(ranked, positives, (1,))[1], float(np.median(ms)))
             rows.append(row)
             print(f"# {row}", file=sys.stderr, flush=True)  # kept if the run is stopped before its table
             db = None
@@ -77,6 +84,9 @@ def print_large(rows: List[dict], k: int, count: int, window_s: float) -> None:
         print(f"| {r['keyframes']:,} | {r['dataset']} | {r['option']} | {r['lists']} ({r.get('nprobe', '-')}) | {r['build_s']:.0f} | "
               f"{r['longest_add_ms']:,.0f} | {r['median_ms']:.2f} | {r['p95_ms']:.2f} | {r['bytes_per_kf']:,.0f} | "
               f"{r['exact']:.3f} | " + " | ".join(f"{r['recall'][p]:.3f}" if p in r["recall"] else "-" for p in probes) + " |")
+    for r in rows:
+        for n_short, (recall, ms) in r.get("shortlist", {}).items():
+            print(f"{r['dataset']} {r['option']}, shortlist {n_short} (default nprobe): R@1 {recall:.3f}, median {ms:.2f} ms")
 
 
 @dataclass

@@ -110,6 +110,10 @@ def test_large_rows_stream_the_same_distractors_and_score_against_exact_search(c
     only = large_rows(feats, 1000, ["ivf_flat"], k=5, count=3, window_s=0.5, nprobes=[], ivf=ivf, progress=False,
                       only=["b"])  # b's map alone, a still the filler
     assert [(r["dataset"], r["keyframes"]) for r in only] == [("b", 1030)]
+    compressed = large_rows(feats, 1000, ["ivf_rabitq"], k=5, count=3, window_s=0.5, nprobes=[], progress=False,
+                            ivf=IvfSettings(nprobe=1000, train_at=200), only=["a"], shortlists=[2000])
+    recall, ms = compressed[0]["shortlist"][2000]  # every list scanned, every keyframe re-scored: exact search
+    assert recall == compressed[0]["exact"] and ms > 0
     assert only[0]["recall"] == {r["nprobe"]: r["recall"][r["nprobe"]] for r in rows if r["option"] == "ivf_flat"
                                  and r["dataset"] == "b"}
 
