@@ -172,7 +172,8 @@ def speed_rows(real: np.ndarray, sizes: Sequence[int], options: Sequence[str], k
         rows.append(SpeedRow(n, "flat, exclusion filtered after the search (before)", 0.0, *_stats(_timed(
             lambda q: filtered_after(flat, stamps, q, k, count, window_ns, stamp), queries)), x.nbytes / n))
         flat.reset()  # frees its vectors before the maps are built
-        for option, use_gpu in [(o, g) for o in options for g in ("false", "true")[:1 + (gpu and o in GPU_TYPES)]]:
+        runs = [(o, g) for o in options for g in (("false", "true") if gpu and o in GPU_TYPES else ("false",))]
+        for option, use_gpu in runs:
             t0 = time.perf_counter()
             db, longest = build_timed(x, option, progress, use_gpu=use_gpu)
             build = time.perf_counter() - t0

@@ -77,16 +77,19 @@ def print_large(rows: List[dict], k: int, count: int, window_s: float) -> None:
     print(f"\nLarge crowded maps (distractors streamed in first, then the database; search: the dataset's queries, "
           f"top {k}, excluding the last {count} and those within {window_s:g} s; Recall@1 vs exact search)")
     probes = sorted({p for r in rows for p in r["recall"]})
-    print("| keyframes | dataset | option | lists (nprobe) | build s | longest add ms | median ms | p95 ms | bytes / keyframe | "
+    print("| keyframes | dataset | option | lists (nprobe) | build s | longest add ms | median ms | p95 ms | "
+          "bytes / keyframe | "
           "R@1 exact | " + " | ".join(f"R@1 nprobe {p}" for p in probes) + " |")
     print("|" + "---|" * (10 + len(probes)))
     for r in rows:
-        print(f"| {r['keyframes']:,} | {r['dataset']} | {r['option']} | {r['lists']} ({r.get('nprobe', '-')}) | {r['build_s']:.0f} | "
+        print(f"| {r['keyframes']:,} | {r['dataset']} | {r['option']} | {r['lists']} ({r.get('nprobe', '-')}) | "
+              f"{r['build_s']:.0f} | "
               f"{r['longest_add_ms']:,.0f} | {r['median_ms']:.2f} | {r['p95_ms']:.2f} | {r['bytes_per_kf']:,.0f} | "
               f"{r['exact']:.3f} | " + " | ".join(f"{r['recall'][p]:.3f}" if p in r["recall"] else "-" for p in probes) + " |")
     for r in rows:
         for n_short, (recall, ms) in r.get("shortlist", {}).items():
-            print(f"{r['dataset']} {r['option']}, shortlist {n_short} (default nprobe): R@1 {recall:.3f}, median {ms:.2f} ms")
+            print(f"{r['dataset']} {r['option']}, shortlist {n_short} (default nprobe): R@1 {recall:.3f}, "
+                  f"median {ms:.2f} ms")
 
 
 @dataclass

@@ -242,7 +242,7 @@ class MapDatabase:
         vec = self._check(descriptor)
         if k <= 0 or not len(self):
             return []
-        excluded = self.excluded_ids(query_stamp_ns, exclude_recent_count, exclude_recent_ns)
+        excluded = self.excluded_positions(query_stamp_ns, exclude_recent_count, exclude_recent_ns)
         k = min(k, len(self) - len(excluded))
         if k <= 0:
             return []
@@ -262,30 +262,29 @@ class MapDatabase:
         return exact[best][None], ids[best][None]
 
     def _search(self, vec: np.ndarray, k: int, excluded: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """FAISS's top k (scores and ids, (1, k)) leaving the `excluded` ids out."""
-        if self._gpu is not None:  # by position there: the excluded ids' positions, and ids back from positions
-            positions = np.fromiter((self._position[int(i)] for i in excluded), np.int64, len(excluded))
-            scores, positions = self._gpu.search(vec, k, positions)
+        """The index's top k (scores and ids, (1, k)) leaving the keyframes at the `excluded` positions out."""
+        if self._gpu is not None:  # the GPU copy is by position: ids come back through the insertion order
+            scores, positions = self._gpu.search(vec, k, excluded)
             return scores[None], self._id_stamps[0, positions][None]
         if not len(excluded):
             return self._cpu_index.search(vec, k)
-        return self._cpu_index.search(vec, k, params=self._without(excluded))
+        return self._cpu_index.search(vec, k, params=self._without(self._id_stamps[0, excluded]))
 
-    def excluded_ids(self, query_stamp_ns: Optional[int], recent_count: int, recent_ns: int) -> np.ndarray:
-        """Ids of the last `recent_count` keyframes added and of those within `recent_ns` of the query's stamp
-        (a binary search while stamps grow in insertion order, as they do within a session)."""
+    def excluded_positions(self, query_stamp_ns: Optional[int], recent_count: int, recent_ns: int) -> np.ndarray:
+        """Insertion positions (unique) of the last `recent_count` keyframes added and of those within `recent_ns`
+        of the query's stamp (a binary search while stamps grow in insertion order, as they do within a session)."""
         n = len(self)
-        ids, stamps = self._id_stamps[0, :n], self._id_stamps[1, :n]
-        parts = [ids[max(0, n - recent_count):]] if recent_count > 0 else []
+        stamps = self._id_stamps[1, :n]
+        parts = [np.arange(max(0, n - recent_count), n)] if recent_count > 0 else []
         if query_stamp_ns is not None and recent_ns > 0 and n:
             lo_t, hi_t = int(query_stamp_ns) - int(recent_ns), int(query_stamp_ns) + int(recent_ns)
             if self._stamps_sorted:  # strictly inside (lo_t, hi_t), like too_recent
-                parts.append(ids[np.searchsorted(stamps, lo_t, "right"):np.searchsorted(stamps, hi_t, "left")])
+                parts.append(np.arange(np.searchsorted(stamps, lo_t, "right"), np.searchsorted(stamps, hi_t, "left")))
             else:
-                parts.append(ids[(stamps > lo_t) & (stamps < hi_t)])
+                parts.append(np.flatnonzero((stamps > lo_t) & (stamps < hi_t)))
         if not parts:
             return np.zeros(0, np.int64)
-        return np.unique(np.concatenate(parts)) if len(parts) > 1 else parts[0].copy()
+        return np.unique(np.concatenate(parts)) if len(parts) > 1 else parts[0].astype(np.int64)
 
     def _without(self, excluded: np.ndarray) -> faiss.SearchParameters:
         """Search parameters that leave the `excluded` ids out (and keep the index's own search settings)."""
