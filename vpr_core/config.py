@@ -66,6 +66,8 @@ class MapConfig:
     #                     Recall@1 within a point of exact at 100k keyframes
     ivf_probe_share: float = 0.09  # ivf_*: and at least this share of the lists, which grow as ~2 sqrt(N): a fixed
     #                                nprobe loses hard places in a big map (Nordland at 1M needs ~130; README)
+    ivf_uncovered_max: int = 4096  # ivf_*: keyframes unlike the lists' training (a region met after it) are
+    #                                searched exactly beside the lists; this many start a retraining (0 = off)
     ivf_train_at: int = 8192  # ivf_*: keyframes before the lists are first trained (exact search until then)
     ivf_regrow: float = 2.0  # ivf_*: retrain (seconds at 100k+, logged) when the map has grown this many times
     ivf_background_rebuild: bool = True  # ivf_*: retrain in a worker thread on a copy of the index (the frame

@@ -73,6 +73,7 @@ CONFIG_RULES: Dict[str, Rule] = {
     "map.use_gpu": _one_of("auto", "true", "false"),
     "map.ivf_nprobe": _between(1, 65536),
     "map.ivf_probe_share": _between(0.0, 1.0, "share of the lists scanned at least; 0 = nprobe alone"),
+    "map.ivf_uncovered_max": _between(0, 1 << 20, "0 = no exact search of keyframes outside the lists' training"),
     "map.ivf_train_at": _between(78, 1 << 40, what="at least two lists of 39 training keyframes"),
     "map.ivf_regrow": _open(1.0, math.inf, "growth factor between retrainings"),
     "map.autosave_period_s": _between(0.0, what="0 = save only on shutdown"),

@@ -19,6 +19,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 4096  # rows per chunk: 10 MB at 1280-D, the unit that moves to the spill file
+FEW_ROWS = 256  # reads of up to this many rows go row by row (a search's shortlist), larger ones chunk by chunk
 
 
 class DescriptorStore:
@@ -80,14 +81,26 @@ class DescriptorStore:
             raise IndexError(f"descriptor positions must lie in [0, {self._n}), got {positions.min()}..{positions.max()}")
         out = np.zeros((len(positions), self.dim), np.float32)
         chunk_of, row_of = np.divmod(positions, CHUNK_ROWS)
-        for c in np.unique(chunk_of):
-            at = np.flatnonzero(chunk_of == c)
-            with self._lock:
-                chunk, offset = self._chunks[c], self._offsets[c]
-            if chunk is not None:
-                out[at] = chunk[row_of[at]]
+        with self._lock:  # a consistent view: a chunk spilled meanwhile is read back from its offset
+            chunks, offsets = list(self._chunks), list(self._offsets)
+        if len(positions) <= FEW_ROWS:  # a search's shortlist: one row at a time beats grouping them by chunk
+            rest = []
+            for i, (c, r) in enumerate(zip(chunk_of.tolist(), row_of.tolist())):
+                if chunks[c] is not None:
+                    out[i] = chunks[c][r]
+                else:
+                    rest.append(i)
+            todo = np.asarray(rest, np.int64)  # spilled: read back chunk by chunk, contiguous runs at once
+        else:
+            todo = np.arange(len(positions))
+        order = todo[np.argsort(chunk_of[todo], kind="stable")]
+        starts = np.flatnonzero(np.diff(chunk_of[order])) + 1
+        for at in np.split(order, starts) if len(order) else ():
+            c = int(chunk_of[at[0]])
+            if chunks[c] is not None:
+                out[at] = chunks[c][row_of[at]]
             else:
-                self._read_back(offset, row_of[at], out, at)
+                self._read_back(offsets[c], row_of[at], out, at)
         return out
 
     def _read_back(self, offset: int, rows: np.ndarray, out: np.ndarray, at: np.ndarray) -> None:

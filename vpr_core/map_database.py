@@ -25,10 +25,11 @@ from vpr_core.descriptor_store import DescriptorStore
 from vpr_core.gpu_search import GpuSearch, gpu_usable, new_gpu_search
 from vpr_core.keyframes import Candidate, Keyframe
 from vpr_core.local_features import DescriptorError, LocalFeatures, LocalFeatureStore
+from vpr_core.map_coverage import Uncovered, merge, scan
 from vpr_core.map_file import read_map_file
 from vpr_core.map_frozen import FrozenMap
 from vpr_core.map_index import INDEX_TYPES, search_parameters
-from vpr_core.map_ivf import IvfSettings, PendingRebuild, compressed, configure, is_ivf, lists_due, rebuild
+from vpr_core.map_ivf import IvfSettings, PendingRebuild, compressed, configure, is_ivf, lists_due, lists_for, rebuild
 from vpr_core.map_schema import DEFAULT_MAX_BYTES, LOCAL_MEMBER, MapError
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,9 @@ class MapDatabase:
         self.store: Optional[DescriptorStore] = DescriptorStore(self.dim) if compressed(self._cpu_index) else None
         self._rebuilding: Optional[PendingRebuild] = None  # an IVF rebuild running in the background
         self._rebuild_after = 0  # after a failed rebuild: map size before which none is tried again
+        # IVF: keyframes the lists were not trained for, searched exactly beside them (vpr_core.map_coverage)
+        self._uncovered: Optional[Uncovered] = Uncovered(self.dim, self.ivf.uncovered) \
+            if is_ivf(self._cpu_index) else None
         self._position: Dict[int, int] = {kid: p for p, kid in enumerate(self._order)}  # id -> insertion position
         self._reindex_stamps()
 
@@ -144,6 +148,8 @@ class MapDatabase:
             self._gpu.add(vec)
         if self.store is not None:
             self.store.append(vec)
+        if self._uncovered is not None:
+            self._uncovered.observe(len(self._order), self._reader())
         if checked is not None:
             self.local.put(keyframe.id, checked)
             keyframe.local_features = LOCAL_MEMBER
@@ -190,6 +196,18 @@ class MapDatabase:
         """Adopt new IVF settings: nprobe applies from the next search, training thresholds from the next add."""
         self.ivf = settings
         configure(self._cpu_index, settings)
+        if self._uncovered is not None and self._uncovered.capacity != settings.uncovered:
+            self._uncovered = Uncovered(self.dim, settings.uncovered)
+            self._uncovered.attach(self._cpu_index, self._reader())
+
+    @property
+    def uncovered(self) -> int:
+        """How many keyframes an IVF map searches exactly beside its lists (unlike their training; map_coverage)."""
+        return len(self._uncovered) if self._uncovered is not None else 0
+
+    def _reader(self) -> Callable[[np.ndarray], np.ndarray]:
+        """Exact descriptors by insertion position: the store's for a compressed index, else the index's own."""
+        return self.store.rows if self.store is not None else faiss.downcast_index(self._cpu_index.index).reconstruct_batch
 
     def _regrow(self) -> None:
         """Train or rebuild an IVF index once the map has grown enough (vpr_core.map_ivf: seconds for a big map,
@@ -198,20 +216,28 @@ class MapDatabase:
             if self._rebuilding.done():
                 self.wait_rebuild()
             return
-        nlist = lists_due(self._cpu_index, self.ivf) if len(self) >= self._rebuild_after else 0
+        if len(self) < self._rebuild_after:
+            return
+        nlist, include = lists_due(self._cpu_index, self.ivf), ()
+        if self._uncovered is not None and self._uncovered.due:  # a region the lists were not trained for
+            nlist = max(nlist, self.ivf_lists, lists_for(len(self)))
+            include = self._uncovered.uncovered_positions()
+            log.info("%d keyframes lie outside the IVF lists' training: retraining with them", len(include))
         read = self.store.rows if self.store is not None else None  # exact descriptors, not codes
-        if nlist and self.ivf.background:
-            self._adopt(lambda: PendingRebuild(self._cpu_index, nlist, read), pending=True)
+        cap = self.ivf.uncovered
+        if nlist and self.ivf.background:  # the worker also finds the keyframes its new lists cover badly
+            then = lambda made: scan(made, read or faiss.downcast_index(made.index).reconstruct_batch, cap)  # noqa: E731
+            self._adopt(lambda: PendingRebuild(self._cpu_index, nlist, read, include, then), pending=True)
         elif nlist:
-            self._adopt(lambda: rebuild(self._cpu_index, nlist, read))
+            self._adopt(lambda: rebuild(self._cpu_index, nlist, read, include))
 
     def wait_rebuild(self) -> None:
         """Finish a background IVF rebuild now, if one runs (it is adopted with every keyframe added meanwhile)."""
         pending, self._rebuilding = self._rebuilding, None
         if pending is not None:
-            self._adopt(lambda: pending.finish(self._cpu_index))
+            self._adopt(lambda: pending.finish(self._cpu_index), found=lambda: pending.then_result)
 
-    def _adopt(self, make: Callable[[], Any], pending: bool = False) -> None:
+    def _adopt(self, make: Callable[[], Any], pending: bool = False, found: Callable[[], Any] = lambda: None) -> None:
         """Make the rebuilt index (or, `pending`, start its background rebuild) and take it. A rebuild that fails
         (e.g. out of memory) is logged and not tried again until the map has grown `ivf.regrow` times more: the
         keyframe was added and the old index is intact, so the map goes on with it."""
@@ -227,6 +253,7 @@ class MapDatabase:
             return
         configure(made, self.ivf)  # the settings as they are now (set_ivf may have run meanwhile)
         self._cpu_index = made  # IVF maps stay on the CPU (see __post_init__)
+        self._uncovered.attach(made, self._reader(), found())  # only IVF maps are rebuilt
 
     def local_features(self, kid: int) -> Optional[LocalFeatures]:
         """The stored local features of keyframe `kid`, or None."""
@@ -250,6 +277,9 @@ class MapDatabase:
             scores, ids = self._search(vec, k, excluded)
         else:
             scores, ids = self._rescored(vec, k, excluded)
+        if self.uncovered:  # exact scores of the keyframes the lists cover badly, merged in
+            more, positions = self._uncovered.search(vec[0], k, excluded)
+            scores, ids = (a[None] for a in merge(scores[0], ids[0], more, self._id_stamps[0, positions], k))
         return [Candidate(self.keyframes[int(kid)], float(score)) for score, kid in zip(scores[0], ids[0]) if kid >= 0]
 
     def _rescored(self, vec: np.ndarray, k: int, excluded: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -266,9 +296,11 @@ class MapDatabase:
         if self._gpu is not None:  # the GPU copy is by position: ids come back through the insertion order
             scores, positions = self._gpu.search(vec, k, excluded)
             return scores[None], self._id_stamps[0, positions][None]
-        if not len(excluded):
-            return self._cpu_index.search(vec, k)
-        return self._cpu_index.search(vec, k, params=self._without(self._id_stamps[0, excluded]))
+        inner = faiss.downcast_index(self._cpu_index.index)  # searched by position: the id map's translation of
+        # every scanned code for the selector cost 3 ms a search at 1M keyframes (README, map sizing)
+        scores, positions = inner.search(vec, k, params=self._without(inner, excluded)) if len(excluded) \
+            else inner.search(vec, k)
+        return scores, np.where(positions >= 0, self._id_stamps[0, positions], -1)
 
     def excluded_positions(self, query_stamp_ns: Optional[int], recent_count: int, recent_ns: int) -> np.ndarray:
         """Insertion positions (unique) of the last `recent_count` keyframes added and of those within `recent_ns`
@@ -286,11 +318,13 @@ class MapDatabase:
             return np.zeros(0, np.int64)
         return np.unique(np.concatenate(parts)) if len(parts) > 1 else parts[0].astype(np.int64)
 
-    def _without(self, excluded: np.ndarray) -> faiss.SearchParameters:
-        """Search parameters that leave the `excluded` ids out (and keep the index's own search settings)."""
+    @staticmethod
+    def _without(inner: faiss.Index, excluded: np.ndarray) -> faiss.SearchParameters:
+        """Search parameters for the inner index that leave the `excluded` positions out (and keep its own search
+        settings)."""
         batch = faiss.IDSelectorBatch(excluded)
         sel = faiss.IDSelectorNot(batch)
-        params = search_parameters(faiss.downcast_index(self._cpu_index.index), sel)
+        params = search_parameters(inner, sel)
         params._keep = (sel, batch)  # the selectors must outlive the parameters (SWIG holds raw pointers)
         return params
 
@@ -370,6 +404,8 @@ class MapDatabase:
                 db.store = DescriptorStore.from_buffer(contents.descriptor_bytes, header["dim"], header["count"])
             except ValueError as exc:
                 raise MapError(f"{path}: its descriptors are unreadable ({exc})") from None
+        if db._uncovered is not None:  # which keyframes its lists cover badly is found again, not stored
+            db._uncovered.attach(cpu, db._reader())
         if contents.local_bytes is not None:
             try:
                 db.local = LocalFeatureStore.from_bytes(contents.local_bytes)

@@ -29,7 +29,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import faiss
 import numpy as np
@@ -54,6 +54,7 @@ class IvfSettings:
     background: bool = True  # rebuild in a worker thread on a copy (False: in the adding thread, it waits)
     shortlist: int = 32  # ivf_rabitq: keyframes shortlisted by their codes, then re-scored exactly
     probe_share: float = 0.09  # and at least this share of the lists (1M keyframes, 1448 lists: 131; README)
+    uncovered: int = 4096  # keyframes outside the lists' training searched exactly, then retrained (map_coverage)
 
     def __post_init__(self) -> None:
         if self.nprobe < 1:
@@ -67,6 +68,8 @@ class IvfSettings:
             raise ValueError(f"IVF shortlist must be >= 1, got {self.shortlist}")
         if not 0.0 <= self.probe_share <= 1.0:
             raise ValueError(f"IVF probe share must be in [0, 1], got {self.probe_share}")
+        if self.uncovered < 0:
+            raise ValueError(f"IVF uncovered keyframes must be >= 0 (0 = off), got {self.uncovered}")
 
     def nprobe_for(self, nlist: int) -> int:
         """Lists to scan in an index of `nlist` lists: `nprobe`, or `probe_share` of them when that is more.
@@ -78,7 +81,7 @@ class IvfSettings:
     def of(cls, map_cfg: Any) -> "IvfSettings":
         """The settings in a config's map section (`map.ivf_*`, vpr_core.config.MapConfig)."""
         return cls(map_cfg.ivf_nprobe, map_cfg.ivf_train_at, map_cfg.ivf_regrow, map_cfg.ivf_background_rebuild,
-                   map_cfg.ivf_shortlist, map_cfg.ivf_probe_share)
+                   map_cfg.ivf_shortlist, map_cfg.ivf_probe_share, map_cfg.ivf_uncovered_max)
 
 
 IVF_CODES: Dict[str, Callable[[faiss.Index, int, int], faiss.IndexIVF]] = {  # how the lists store descriptors
@@ -151,16 +154,23 @@ def lists_due(index: faiss.IndexIDMap2, settings: IvfSettings) -> int:
     return want if grown and want > nlist else 0
 
 
-def rebuild(index: faiss.IndexIDMap2, nlist: int, read: Optional[Reader] = None) -> faiss.IndexIDMap2:
+def rebuild(index: faiss.IndexIDMap2, nlist: int, read: Optional[Reader] = None,
+            include: Sequence[int] = ()) -> faiss.IndexIDMap2:
     """A new IVF map index of `nlist` lists trained on a sample of this one's stored descriptors, holding
     all of them at the same positions with the same ids (the old index is not changed). `read` gives the
-    exact descriptors at positions (default: the index's own, exact unless it is compressed)."""
+    exact descriptors at positions (default: the index's own, exact unless it is compressed); `include`:
+    positions always in the sample (keyframes the old lists covered badly, vpr_core.map_coverage)."""
     old = faiss.downcast_index(index.index)
     read = read or old.reconstruct_batch
     n, dim = index.ntotal, index.d
     t0 = time.perf_counter()
     rng = np.random.default_rng(n)  # the same map gives the same lists
-    sample = read(np.sort(rng.choice(n, min(n, TRAIN_POINTS_PER_LIST * nlist), replace=False)))
+    size = min(n, TRAIN_POINTS_PER_LIST * nlist)
+    include = np.unique(np.asarray(include, np.int64))
+    if len(include) > size // 2:  # at most half the sample: the rest of the map keeps its lists
+        include = np.sort(rng.choice(include, size // 2, replace=False))
+    rest = np.setdiff1d(np.arange(n), include, assume_unique=True) if len(include) else np.arange(n)
+    sample = read(np.sort(np.concatenate([include, rng.choice(rest, size - len(include), replace=False)])))
     kmeans = faiss.Kmeans(dim, nlist, niter=KMEANS_ITERATIONS, spherical=True, seed=int(n) & 0x7FFFFFFF,
                           max_points_per_centroid=TRAIN_POINTS_PER_LIST, min_points_per_centroid=1)
     kmeans.train(sample)
@@ -188,11 +198,16 @@ def move(src: faiss.IndexIDMap2, dst: faiss.IndexIDMap2, start: int, read: Optio
 
 class PendingRebuild:
     """A rebuild running in a worker thread on a copy of the map's index as it was at `size` keyframes (FAISS
-    releases the GIL, so the map keeps adding and searching meanwhile); `finish` adopts it."""
+    releases the GIL, so the map keeps adding and searching meanwhile); `finish` adopts it. `then`: more work
+    for the worker on the rebuilt index (its result is `then_result`), e.g. the map's coverage scan."""
 
-    def __init__(self, index: faiss.IndexIDMap2, nlist: int, read: Optional[Reader] = None) -> None:
+    def __init__(self, index: faiss.IndexIDMap2, nlist: int, read: Optional[Reader] = None,
+                 include: Sequence[int] = (), then: Optional[Callable[[faiss.IndexIDMap2], Any]] = None) -> None:
         self.size = index.ntotal
+        self._include = include
         self._read = read
+        self._then = then
+        self.then_result: Any = None
         snapshot = faiss.clone_index(index)  # the worker never touches the live index, which keeps growing
         self._result: Optional[faiss.IndexIDMap2] = None
         self._error: Optional[BaseException] = None
@@ -201,7 +216,9 @@ class PendingRebuild:
 
     def _run(self, snapshot: faiss.IndexIDMap2, nlist: int) -> None:
         try:
-            self._result = rebuild(snapshot, nlist, self._read)
+            self._result = rebuild(snapshot, nlist, self._read, self._include)
+            if self._then is not None:
+                self.then_result = self._then(self._result)
         except BaseException as exc:  # noqa: BLE001 -- reported by finish(), in the map's thread
             self._error = exc
 
