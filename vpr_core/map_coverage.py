@@ -29,9 +29,9 @@ from vpr_core.map_ivf import MIN_POINTS_PER_LIST
 
 log = logging.getLogger(__name__)
 
-QUANTILE = 0.005  # a keyframe less similar to its list's centroid than 99.5% of the map's is uncovered
+QUANTILE = 0.001  # a keyframe less similar to its list's centroid than 99.9% of the map's is uncovered
 CALIBRATION_ROWS = 4096  # keyframes sampled to set the threshold (one dot product each)
-SCAN_CHUNK = 65536  # keyframes read at a time when a map is scanned for uncovered ones
+SCAN_CHUNK = 8192  # keyframes read at a time when a map is scanned for uncovered ones (their centroids: 42 MB)
 Reader = Callable[[np.ndarray], np.ndarray]  # insertion positions -> exact float32 descriptors (as the map stores them)
 
 
@@ -51,10 +51,11 @@ def trained_floor(nlist: int) -> int:
 
 
 def scan(index: faiss.Index, read: Reader, capacity: int) -> Coverage:
-    """Every keyframe of an IVF map (IndexIDMap2) checked against its list's centroid: a function of the index
-    and its rows alone, so a map and the same map loaded from its file find the same keyframes. The threshold
-    is the QUANTILE of a fixed sample of the keyframes the lists were trained on (a region added since may be
-    far more than QUANTILE of the map and must not set it). Run by a rebuild's worker thread."""
+    """The keyframes of an IVF map (IndexIDMap2) added after its lists were trained, each checked against its
+    list's centroid: a function of the index and its rows alone, so a map and the same map loaded from its file
+    find the same ones. The threshold is the QUANTILE of a fixed sample of the keyframes the lists were trained
+    on (a region added since may be far more than QUANTILE of the map and must not set it); those keyframes
+    themselves are not looked at (their lists were made for them). Run by a rebuild's worker thread."""
     inner, n = faiss.downcast_index(index.index), index.ntotal
     if inner.nlist == 1 or capacity == 0 or n == 0:  # untrained: one list, searched exactly
         return Coverage(-np.inf, np.zeros(0, np.int64), n)
@@ -63,8 +64,8 @@ def scan(index: faiss.Index, read: Reader, capacity: int) -> Coverage:
     trained = min(n, trained_floor(inner.nlist))
     sample = np.sort(np.random.default_rng(inner.nlist).choice(trained, min(trained, CALIBRATION_ROWS), replace=False))
     threshold = float(np.quantile(_similarity(read(sample), centroids[lists[sample]]), QUANTILE))
-    found = []
-    for a in range(0, n, SCAN_CHUNK):
+    found = [np.zeros(0, np.int64)]
+    for a in range(trained, n, SCAN_CHUNK):
         pos = np.arange(a, min(n, a + SCAN_CHUNK))
         found.append(pos[_similarity(read(pos), centroids[lists[pos]]) < threshold])
     return Coverage(threshold, np.concatenate(found), n)
