@@ -57,10 +57,14 @@ def large_rows(features: Dict[str, tuple], n: int, options: Sequence[str], k: in
                    "p95_ms": float(np.percentile(ms, 95)), "bytes_per_kf": map_bytes(db) / len(db),
                    "exact": exact, "recall": {}}
             row["nprobe"] = db.ivf_nprobe  # the default settings' for this list count
+            row["nprobe_ms"] = {}  # the median search time at each nprobe
             for p in [None, *nprobes]:  # None: the default settings; p: exactly p lists
                 db.set_ivf(replace(settings, nprobe=p, probe_share=0.0) if p else settings)
                 ranked = np.array([[c.id for c in db.search(q, 1)] for q in q_desc], np.int64)
                 row["recall"][p or row["nprobe"]] = recall_at_k(ranked, positives, (1,))[1]
+                if p:
+                    row["nprobe_ms"][p] = float(np.median(_timed(lambda q: db.search(q, k, stamp, count, window_ns),
+                                                                 q_desc)))
             row["shortlist"] = {}  # compressed options: recall and time at the default nprobe with other shortlists
             for n_short in (shortlists if db.store is not None else ()):
                 db.set_ivf(replace(settings, shortlist=n_short))
@@ -87,6 +91,8 @@ def print_large(rows: List[dict], k: int, count: int, window_s: float) -> None:
               f"{r['longest_add_ms']:,.0f} | {r['median_ms']:.2f} | {r['p95_ms']:.2f} | {r['bytes_per_kf']:,.0f} | "
               f"{r['exact']:.3f} | " + " | ".join(f"{r['recall'][p]:.3f}" if p in r["recall"] else "-" for p in probes) + " |")
     for r in rows:
+        for p, ms in r.get("nprobe_ms", {}).items():
+            print(f"{r['dataset']} {r['option']}, nprobe {p}: R@1 {r['recall'][p]:.3f}, median {ms:.2f} ms")
         for n_short, (recall, ms) in r.get("shortlist", {}).items():
             print(f"{r['dataset']} {r['option']}, shortlist {n_short} (default nprobe): R@1 {recall:.3f}, "
                   f"median {ms:.2f} ms")

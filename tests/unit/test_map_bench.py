@@ -105,8 +105,10 @@ def test_large_rows_stream_the_same_distractors_and_score_against_exact_search(c
         assert r["exact"] == flat[r["dataset"]]["flat"]
         assert r["recall"][1000] == r["exact"]  # every list scanned: exact
         assert (r["lists"] > 2) == (r["option"] == "ivf_flat")
+        assert r["nprobe_ms"][1000] > 0  # timed at each nprobe too
     print_large(rows, 5, 3, 0.5)
-    assert "| 1,030 | a | ivf_flat |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| 1,030 | a | ivf_flat |" in out and "a ivf_flat, nprobe 1000: R@1" in out
     only = large_rows(feats, 1000, ["ivf_flat"], k=5, count=3, window_s=0.5, nprobes=[], ivf=ivf, progress=False,
                       only=["b"])  # b's map alone, a still the filler
     assert [(r["dataset"], r["keyframes"]) for r in only] == [("b", 1030)]
