@@ -64,8 +64,8 @@ class MapConfig:
     #                      4-bit RaBitQ codes, the shortlist re-scored exactly: 1M keyframes in ~3 ms, README)
     ivf_nprobe: int = 64  # ivf_*: lists scanned per search, at least (more = closer to exact, slower): 64 keeps
     #                     Recall@1 within a point of exact at 100k keyframes
-    ivf_probe_share: float = 0.09  # ivf_*: and at least this share of the lists, which grow as ~2 sqrt(N): a fixed
-    #                                nprobe loses hard places in a big map (Nordland at 1M needs ~130; README)
+    ivf_probe_share: float = 0.04  # ivf_*: and at least this share of the lists, which grow as ~2 sqrt(N): keeps
+    #                                the share chosen at 1M keyframes (64 of 1448 lists; README) in bigger maps
     ivf_uncovered_max: int = 4096  # ivf_*: keyframes unlike the lists' training (a region met after it) are
     #                                searched exactly beside the lists; this many start a retraining (0 = off)
     ivf_train_at: int = 8192  # ivf_*: keyframes before the lists are first trained (exact search until then)

@@ -141,10 +141,10 @@ def test_frozen_copy_is_not_changed_by_adds_or_a_rebuild():
 
 def test_a_growing_map_scans_a_share_of_its_lists_not_a_fixed_count():
     """nprobe is a floor; past nprobe / probe_share lists the share decides, and a rebuild re-applies it
-    (a fixed nprobe scans a shrinking share of a growing map: Nordland at 1M lost 1.7 points of R@1)."""
+    (a fixed nprobe scans a shrinking share of a growing map)."""
     settings = IvfSettings(nprobe=4, probe_share=0.25)
     assert [settings.nprobe_for(n) for n in (1, 3, 16, 17, 40, 1448)] == [1, 3, 4, 5, 10, 362]
-    assert IvfSettings().nprobe_for(1448) == 131 and IvfSettings().nprobe_for(512) == 64
+    assert IvfSettings().nprobe_for(1448) == 64 and IvfSettings().nprobe_for(2000) == 80
     assert IvfSettings(probe_share=0.0).nprobe_for(1448) == 64
     x = _clustered(1000, seed=9)
     db = _map("ivf_flat", x[:300], settings=replace(SMALL, probe_share=0.25))
