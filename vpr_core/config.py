@@ -61,7 +61,7 @@ class MapConfig:
     #                      it can lose places in a map of dissimilar regions: README "The map across runs and robots")
     #                      | ivf_flat / ivf_fp16 (inverted lists trained on the map itself, float32 / float16 codes:
     #                      fast at 100k keyframes, recall of exact search; vpr_core.map_ivf) | ivf_rabitq (lists of
-    #                      4-bit RaBitQ codes, the shortlist re-scored exactly: 1M keyframes in ~3 ms, README)
+    #                      4-bit RaBitQ codes, the shortlist re-scored exactly: 1M keyframes in ~9 ms, README)
     ivf_nprobe: int = 64  # ivf_*: lists scanned per search, at least (more = closer to exact, slower): 64 keeps
     #                     Recall@1 within a point of exact at 100k keyframes
     ivf_probe_share: float = 0.04  # ivf_*: and at least this share of the lists, which grow as ~2 sqrt(N): keeps
