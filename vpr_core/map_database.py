@@ -205,9 +205,12 @@ class MapDatabase:
         """How many keyframes an IVF map searches exactly beside its lists (unlike their training; map_coverage)."""
         return len(self._uncovered) if self._uncovered is not None else 0
 
-    def _reader(self) -> Callable[[np.ndarray], np.ndarray]:
-        """Exact descriptors by insertion position: the store's for a compressed index, else the index's own."""
-        return self.store.rows if self.store is not None else faiss.downcast_index(self._cpu_index.index).reconstruct_batch
+    def _reader(self, index: Optional[faiss.Index] = None) -> Callable[[np.ndarray], np.ndarray]:
+        """Exact descriptors by insertion position: the store's for a compressed index, else those of `index`
+        (default the map's own; a rebuilt copy reads its own)."""
+        if self.store is not None:
+            return self.store.rows
+        return faiss.downcast_index((index or self._cpu_index).index).reconstruct_batch
 
     def _regrow(self) -> None:
         """Train or rebuild an IVF index once the map has grown enough (vpr_core.map_ivf: seconds for a big map,
@@ -226,7 +229,7 @@ class MapDatabase:
         read = self.store.rows if self.store is not None else None  # exact descriptors, not codes
         cap = self.ivf.uncovered
         if nlist and self.ivf.background:  # the worker also finds the keyframes its new lists cover badly
-            then = lambda made: scan(made, read or faiss.downcast_index(made.index).reconstruct_batch, cap)  # noqa: E731
+            then = lambda made: scan(made, self._reader(made), cap)  # noqa: E731
             self._adopt(lambda: PendingRebuild(self._cpu_index, nlist, read, include, then), pending=True)
         elif nlist:
             self._adopt(lambda: rebuild(self._cpu_index, nlist, read, include))
