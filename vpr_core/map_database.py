@@ -210,7 +210,7 @@ class MapDatabase:
         (default the map's own; a rebuilt copy reads its own)."""
         if self.store is not None:
             return self.store.rows
-        return faiss.downcast_index((index or self._cpu_index).index).reconstruct_batch
+        return faiss.downcast_index((self._cpu_index if index is None else index).index).reconstruct_batch
 
     def _regrow(self) -> None:
         """Train or rebuild an IVF index once the map has grown enough (vpr_core.map_ivf: seconds for a big map,

@@ -184,7 +184,8 @@ def test_ivf_recall_in_a_crowded_map_is_within_a_point_of_exact_search(real_feat
     added to lists it had no say in): Recall@1 within 0.01 of flat at the default nprobe, and even scanning one
     list, because the database lies outside the lists' training and is searched exactly beside them
     (vpr_core.map_coverage); without that, one list measurably loses places (the lists do decide)."""
-    settings = IvfSettings()  # the defaults the node runs with
+    settings = IvfSettings(background=False)  # the node's defaults, rebuilt inline: the same lists every run
+    # (in the background, which map size a rebuild snapshots depends on thread timing, and so do its lists)
     got = recall_rows(real_features, ["flat", *IVF], distractors=30_000, nprobes=[1], ivf=settings)
     for name, by in got.items():
         assert by["flat"] > 0.05, (name, by)  # the datasets are what they should be
